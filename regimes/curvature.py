@@ -1,0 +1,223 @@
+"""Curvature measures: sharpness, Hessian trace, input curvature.
+
+All three are costly and run at their own cadence (`sharpness_every`, ...),
+on a fixed data subset. Each leaves the model exactly as it found it:
+
+* train/eval flag of every submodule restored;
+* every buffer (BN running statistics, spectral-norm vectors, ...) restored
+  bit for bit, so the forward passes made here never leak into training;
+* parameters are read, never written, and `.grad` is never touched
+  (derivatives come from `torch.autograd.grad`, not `.backward()`);
+* randomness comes from a private `torch.Generator`; the global CPU (and CUDA)
+  RNG streams are forked and restored around the forward passes, so even a
+  stochastic layer cannot shift the training run's random stream.
+
+BN mode (a choice, documented): `sharpness` and `hess_trace` default to
+`bn_mode="train"` -- batch statistics, i.e. the Hessian of the objective SGD
+actually descends (and of the paper's `train_loss`), computed per chunk of
+`chunk_size` examples so the batch statistics match the training batch size.
+`input_curvature` always uses eval mode (running statistics): only then is
+the loss of one sample a function of that sample alone, so that its input
+Hessian is well defined and the Hessians of a batch are block-diagonal.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+# ---------------------------------------------------------------------------
+# leave the model as found
+@contextlib.contextmanager
+def preserved(model: nn.Module, mode: str | None = None) -> Iterator[nn.Module]:
+    """Run a block on `model` and restore its modes, buffers and the global RNG.
+
+    `mode`: None keeps the current flags, "train"/"eval" sets them for the block.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    devices = sorted({b.device.index for b, _ in buffers if b.device.type == "cuda"} |
+                     {p.device.index for p in model.parameters() if p.device.type == "cuda"})
+    try:
+        with torch.random.fork_rng(devices=devices):
+            if mode is not None:
+                model.train(mode == "train")
+            yield model
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        for m, flag in modes:
+            m.training = flag
+
+
+def _params(model: nn.Module, params: Sequence[Tensor] | None) -> list[Tensor]:
+    ps = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+    if not ps:
+        raise ValueError("no parameters require grad")
+    return ps
+
+
+def _chunks(inputs: Tensor, targets: Tensor, chunk_size: int | None):
+    n = inputs.shape[0]
+    size = n if not chunk_size else min(chunk_size, n)
+    return [(inputs[i:i + size], targets[i:i + size]) for i in range(0, n, size)]
+
+
+def _hvp_operator(model, inputs, targets, params, loss_fn, chunk_size):
+    """v -> H v for the mean loss over the subset (mean over chunks, weighted by size)."""
+    chunks = _chunks(inputs, targets, chunk_size)
+    n = inputs.shape[0]
+
+    def hvp(vs: list[Tensor]) -> list[Tensor]:
+        out = [torch.zeros_like(p) for p in params]
+        for x, y in chunks:
+            loss = loss_fn(model(x), y) * (x.shape[0] / n)
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            dot = sum((g * v).sum() for g, v in zip(grads, vs))
+            hv = torch.autograd.grad(dot, params)
+            for o, h in zip(out, hv):
+                o.add_(h)
+        return out
+
+    return hvp
+
+
+def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    return sum((x * y).sum() for x, y in zip(a, b))
+
+
+def _normalize(vs: list[Tensor]) -> list[Tensor]:
+    norm = torch.sqrt(_dot(vs, vs))
+    return [v / norm for v in vs]
+
+
+# ---------------------------------------------------------------------------
+def sharpness(model: nn.Module, inputs: Tensor, targets: Tensor, *, iters: int = 20,
+              method: str = "lanczos", seed: int = 0, bn_mode: str = "train",
+              chunk_size: int | None = None, loss_fn: LossFn = F.cross_entropy,
+              params: Sequence[Tensor] | None = None, tol: float = 1e-6) -> float:
+    """Top eigenvalue of the Hessian of the mean loss w.r.t. the parameters.
+
+    method="lanczos" (default): `iters` Lanczos steps with full
+    re-orthogonalisation; returns the largest *algebraic* Ritz value, the usual
+    meaning of sharpness (a large negative eigenvalue early in training is not
+    sharpness). method="power": power iteration, returns the Rayleigh quotient
+    of the eigenvalue of largest *magnitude* (stops early when the relative
+    change < tol). One Hessian-vector product per iteration; Lanczos keeps
+    `iters` parameter-sized vectors in memory.
+    Parameters: those with requires_grad (or `params`).
+    """
+    if method not in ("lanczos", "power"):
+        raise ValueError(f"method must be 'lanczos' or 'power', got {method!r}")
+    with preserved(model, bn_mode):
+        ps = _params(model, params)
+        hvp = _hvp_operator(model, inputs, targets, ps, loss_fn, chunk_size)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        v = _normalize([torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in ps])
+        if method == "power":
+            return _power(hvp, v, iters, tol)
+        return _lanczos_top(hvp, v, iters)
+
+
+def _power(hvp, v, iters, tol) -> float:
+    eig = float("nan")
+    for _ in range(iters):
+        hv = hvp(v)
+        new = float(_dot(v, hv))
+        if math.isfinite(eig) and abs(new - eig) <= tol * abs(new):
+            return new
+        eig = new
+        v = _normalize(hv)
+    return eig
+
+
+def _lanczos_top(hvp, v, iters) -> float:
+    basis, alphas, betas = [v], [], []
+    for k in range(iters):
+        w = hvp(basis[-1])
+        alpha = _dot(w, basis[-1])
+        alphas.append(float(alpha))
+        # full re-orthogonalisation (twice is enough) keeps the Ritz values honest
+        for _ in range(2):
+            for q in basis:
+                c = _dot(w, q)
+                w = [wi - c * qi for wi, qi in zip(w, q)]
+        beta = float(torch.sqrt(_dot(w, w)))
+        if k == iters - 1 or beta < 1e-10 * max(1.0, abs(alphas[-1])):
+            break
+        betas.append(beta)
+        basis.append([wi / beta for wi in w])
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if betas:
+        off = torch.tensor(betas[:len(alphas) - 1], dtype=torch.float64)
+        t += torch.diag(off, 1) + torch.diag(off, -1)
+    return float(torch.linalg.eigvalsh(t)[-1])
+
+
+def hess_trace(model: nn.Module, inputs: Tensor, targets: Tensor, *, samples: int = 10,
+               seed: int = 0, bn_mode: str = "train", chunk_size: int | None = None,
+               loss_fn: LossFn = F.cross_entropy,
+               params: Sequence[Tensor] | None = None) -> float:
+    """Hutchinson estimate of tr(H): mean over `samples` Rademacher v of v'Hv.
+
+    Unbiased; its variance is 2 * sum_{i != j} H_ij^2 / samples (exact for a
+    diagonal Hessian).
+    """
+    with preserved(model, bn_mode):
+        ps = _params(model, params)
+        hvp = _hvp_operator(model, inputs, targets, ps, loss_fn, chunk_size)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        total = 0.0
+        for _ in range(samples):
+            v = [(torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(p.device, p.dtype) for p in ps]
+            total += float(_dot(v, hvp(v)))
+        return total / samples
+
+
+def _per_sample_ce(logits: Tensor, targets: Tensor) -> Tensor:
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def input_curvature(model: nn.Module, inputs: Tensor, targets: Tensor, *, iters: int = 10,
+                    seed: int = 0, eps: float = 1e-12, chunk_size: int | None = None,
+                    loss_fn: LossFn = _per_sample_ce) -> tuple[float, float]:
+    """Mean and std (population) over samples of |u'H u| / ||g||, the LCNN paper's curvature.
+
+    For each sample x_i: H = d^2 l_i / dx^2 and g = dl_i/dx of the per-sample
+    loss l_i = loss_fn(logits, y)[i] (unreduced; default cross-entropy);
+    u = top (largest-magnitude) eigenvector of H by `iters` steps of power
+    iteration, started from a Gaussian drawn from a private generator.
+    Eval-mode BN (running statistics), so the per-sample losses are
+    independent and one HVP of their sum gives every sample's own HVP.
+    `eps` guards samples whose gradient is exactly zero.
+    """
+    ratios = []
+    with preserved(model, "eval"):
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        for x, y in _chunks(inputs, targets, chunk_size):
+            x = x.detach().clone().requires_grad_(True)
+            loss = loss_fn(model(x), y).sum()
+            (g,) = torch.autograd.grad(loss, x, create_graph=True)
+            u = _per_sample_normalize(torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device))
+            rayleigh = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+            for _ in range(iters):
+                (hu,) = torch.autograd.grad(g, x, grad_outputs=u, retain_graph=True)
+                rayleigh = (u * hu).flatten(1).sum(1)
+                u = _per_sample_normalize(hu)
+            gnorm = g.detach().flatten(1).norm(dim=1)
+            ratios.append((rayleigh.abs() / (gnorm + eps)).detach())
+    r = torch.cat(ratios).double()
+    return float(r.mean()), float(r.std(unbiased=False))
+
+
+def _per_sample_normalize(u: Tensor) -> Tensor:
+    norm = u.flatten(1).norm(dim=1).clamp_min(1e-30)
+    return u / norm.view(-1, *([1] * (u.dim() - 1)))
