@@ -1,0 +1,270 @@
+"""train(cfg): an iterator of per-epoch records. No Ray, no pandas.
+
+    for rec in train(TrainConfig(dataset="digits", elr=1e-2, epochs=30)):
+        print(rec["epoch"], rec["train_loss"], rec["test_acc"])
+
+`Trainer` holds the run (data on the device, model, optimiser, RNG) and is what
+the Ray trainable drives: `state_dict()` taken between two yielded records is a
+complete checkpoint, and `load_state_dict()` continues the run exactly.
+
+Modes (DESIGN.md, "Training on the sphere"):
+- sphere: rho0 = joint L2 norm of all scale-invariant (SI) weights at init. SGD
+  on the SI weights with lr = elr * rho0^2, then all SI weights are rescaled
+  jointly back to norm rho0. Because the gradient of an SI function at radius
+  rho is g_eff / rho, this is w <- normalize(w - elr * g_eff) on the unit sphere:
+  tan(angle per step) = elr * ||g_eff||. Momentum, if set, is torch's heavy ball
+  on the SI weights with the same lr, followed by the same projection (the
+  paper's code does the same); the ELR then is the per-step rate before
+  momentum amplification (~ elr / (1 - m) in steady state).
+  Non-SI parameters use `noninv_lr` (0: frozen, -1: elr * rho0^2) with `wd`.
+- free: plain SGD (lr, wd, momentum) on every trainable parameter; the ELR is
+  emergent, elr_t = lr / ||w_SI,t||^2, and is what gets logged.
+
+The step loop is short and branch-free: what varies with the mode is composed
+into `self._after_step` and the per-step rate arrays before the loop starts.
+Rates come from a precomputed per-step array (`rates(cfg, total_steps)`), so
+schedules plug in without touching the loop.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .config import ConfigError, TrainConfig
+from .data import Data, augment, load_data
+from .models import build_model
+from .params import Role, find_roles
+
+_MEASURES = ("train_loss", "train_acc", "test_loss", "test_acc", "si_norm", "elr", "lr", "eff_grad_norm",
+             "angular_update", "time_s", "samples_per_s")
+
+
+def train(cfg: TrainConfig, state: dict | None = None) -> Iterator[dict]:
+    """Train one run; yields one record (dict of Python scalars) per epoch."""
+    trainer = Trainer(cfg)
+    if state is not None:
+        trainer.load_state_dict(state)
+    return trainer.run()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda requested but no CUDA device is available; use device=cpu or auto")
+    return torch.device(name)
+
+
+def rates(cfg: TrainConfig, total_steps: int) -> torch.Tensor:
+    """The per-step base rate (ELR in sphere mode, lr in free mode), float64 on the CPU."""
+    base = cfg.elr if cfg.mode == "sphere" else cfg.lr
+    return torch.full((total_steps,), base, dtype=torch.float64)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, dtype: torch.dtype = torch.float32):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.dtype = dtype
+        self.data: Data = load_data(cfg, self.device, dtype)
+        n = len(self.data.x_train)
+        if cfg.batch_size > n:
+            raise ConfigError("batch_size", f"{cfg.batch_size} exceeds the {n} training examples")
+        self.steps_per_epoch = n // cfg.batch_size  # the last partial batch is dropped (BN needs > 1 example)
+        self.model = build_model(cfg, self.data.input_shape, self.data.num_classes).to(self.device, dtype)
+        self.roles = find_roles(self.model)
+        self.si_params = self.roles.params(self.model, Role.SCALE_INVARIANT, trainable_only=True)
+        if cfg.mode == "sphere" and not self.si_params:
+            raise ConfigError("mode", f"model {cfg.model} has no scale-invariant weights; "
+                              "use mode=free or a *_si / *_si_af model")
+        self.rho0 = _norm(self.si_params).item() if self.si_params else 0.0
+        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)  # data order + augmentation
+        self.rate = rates(cfg, cfg.epochs * self.steps_per_epoch)
+        self.optimizer, self._lr_of_group = self._build_optimizer()
+        self._after_step: list[Callable[[], None]] = []
+        if cfg.mode == "sphere":
+            self._after_step.append(self._project)
+        self.epoch = 0
+        self.step = 0
+        self.elapsed = 0.0
+
+    # --- composition (before the loop) ---------------------------------
+    def _build_optimizer(self):
+        cfg = self.cfg
+        si_ids = {id(p) for p in self.si_params}
+        others = [p for p in self.model.parameters() if p.requires_grad and id(p) not in si_ids]
+        groups, lr_of_group = [], []
+        if cfg.mode == "sphere":
+            scale = self.rho0 ** 2  # lr = elr * rho0^2 turns the ELR into a step at radius rho0
+            groups.append({"params": self.si_params, "weight_decay": 0.0})
+            lr_of_group.append(lambda r: r * scale)
+            if others and cfg.noninv_lr != 0:
+                groups.append({"params": others, "weight_decay": cfg.wd})
+                fixed = cfg.noninv_lr
+                lr_of_group.append((lambda r: r * scale) if fixed == -1 else (lambda r: fixed))
+            elif others:
+                for p in others:  # noninv_lr = 0: frozen
+                    p.requires_grad_(False)
+        else:
+            params = self.si_params + others
+            groups.append({"params": params, "weight_decay": cfg.wd})
+            lr_of_group.append(lambda r: r)
+        for g in groups:
+            g["lr"] = 0.0
+        opt = torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum)
+        return opt, lr_of_group
+
+    @torch.no_grad()
+    def _project(self):
+        """Rescale all SI weights jointly back to norm rho0 (the sphere)."""
+        torch._foreach_mul_(self.si_params, self.rho0 / _norm(self.si_params))
+
+    # --- the loop ----------------------------------------------------------
+    def run(self) -> Iterator[dict]:
+        cfg, data = self.cfg, self.data
+        B = cfg.batch_size
+        while self.epoch < cfg.epochs:
+            t0 = time.perf_counter()
+            self.model.train()
+            perm = torch.randperm(len(data.x_train), generator=self.gen).to(self.device)
+            loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+            egn_sum = torch.zeros_like(loss_sum)
+            angle_sum = torch.zeros_like(loss_sum)
+            prev = [p.detach().clone() for p in self.si_params]
+            for i in range(self.steps_per_epoch):
+                idx = perm[i * B:(i + 1) * B]
+                x = augment(data.x_train[idx], data.crop_pad, data.flip, self.gen)
+                y = data.y_train[idx]
+                r = float(self.rate[self.step])
+                for g, lr_of in zip(self.optimizer.param_groups, self._lr_of_group):
+                    g["lr"] = lr_of(r)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(self.model(x), y)
+                loss.backward()
+                # eff. grad norm = ||grad_SI L|| * ||w_SI|| (scale-free: the gradient at unit norm)
+                egn_sum += (_norm([p.grad for p in self.si_params]) * _norm(self.si_params)).double()
+                self.optimizer.step()
+                for hook in self._after_step:
+                    hook()
+                angle_sum += _angle(prev, self.si_params).double()
+                torch._foreach_copy_(prev, [p.detach() for p in self.si_params])
+                loss_sum += loss.detach().double()
+                self.step += 1
+            train_time = time.perf_counter() - t0
+            self.epoch += 1
+            # ---- measures: host syncs happen here, once per epoch ----
+            rec = self._measure(loss_sum, egn_sum, angle_sum, train_time)
+            self.elapsed += time.perf_counter() - t0
+            rec["time_s"] = self.elapsed
+            yield rec
+            if rec["diverged"]:
+                return
+
+    # --- measures -----------------------------------------------------------
+    @torch.no_grad()
+    def _measure(self, loss_sum, egn_sum, angle_sum, train_time) -> dict:
+        cfg, n = self.cfg, self.steps_per_epoch
+        mean_loss = (loss_sum / n).item()
+        diverged = not math.isfinite(mean_loss)
+        si_norm = _norm(self.si_params).item() if self.si_params else float("nan")
+        r = float(self.rate[self.step - 1])
+        lr_si = self._lr_of_group[0](r)
+        rec = {"epoch": self.epoch, "step": self.step,
+               "train_loss": float("nan"), "train_acc": float("nan"),
+               "test_loss": float("nan"), "test_acc": float("nan"),
+               "si_norm": si_norm,
+               "elr": r if cfg.mode == "sphere" else lr_si / si_norm ** 2 if self.si_params else float("nan"),
+               "lr": lr_si,
+               "eff_grad_norm": (egn_sum / n).item() if self.si_params else float("nan"),
+               "angular_update": (angle_sum / n).item() if self.si_params else float("nan"),
+               "samples_per_s": n * cfg.batch_size / max(train_time, 1e-9),
+               "num_classes": self.data.num_classes,
+               "diverged": diverged}
+        if diverged:
+            rec["train_loss"] = mean_loss
+            return rec
+        if self.epoch % cfg.train_eval_every == 0 or self.epoch == cfg.epochs:
+            rec["train_loss"], rec["train_acc"] = self.evaluate_train()
+        rec["test_loss"], rec["test_acc"] = self.evaluate_test()
+        if not (math.isfinite(rec["test_loss"]) and math.isfinite(si_norm)) or (
+                rec["train_loss"] == rec["train_loss"] and not math.isfinite(rec["train_loss"])):
+            rec["diverged"] = True
+        return rec
+
+    @torch.no_grad()
+    def evaluate_train(self) -> tuple[float, float]:
+        """Full train set, BN in train mode (batch statistics, as during training), no
+        augmentation, in minibatches of batch_size. BN running statistics are restored
+        afterwards, so the measure leaves the model as it found it."""
+        saved = {k: v.clone() for k, v in self.model.state_dict().items() if "running" in k or "num_batches" in k}
+        was_training = self.model.training
+        self.model.train()
+        try:
+            return self._loss_acc(self.data.x_train, self.data.y_train, self.cfg.batch_size)
+        finally:
+            self.model.load_state_dict(saved, strict=False)
+            self.model.train(was_training)
+
+    @torch.no_grad()
+    def evaluate_test(self) -> tuple[float, float]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._loss_acc(self.data.x_test, self.data.y_test, 1000)
+        finally:
+            self.model.train(was_training)
+
+    def _loss_acc(self, x, y, chunk):
+        n = len(x)
+        if self.model.training and n % chunk == 1:
+            chunk += 1  # never a BN batch of one example
+        loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        for i in range(0, n, chunk):
+            out = self.model(x[i:i + chunk])
+            loss += F.cross_entropy(out, y[i:i + chunk], reduction="sum").double()
+            correct += (out.argmax(1) == y[i:i + chunk]).sum()
+        return (loss / n).item(), (correct.double() / n).item()
+
+    # --- checkpoints ----------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"config": self.cfg.to_dict(), "epoch": self.epoch, "step": self.step, "rho0": self.rho0,
+                "elapsed": self.elapsed, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "generator": self.gen.get_state()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd["config"] != self.cfg.to_dict():
+            diff = sorted(k for k in sd["config"] if sd["config"].get(k) != self.cfg.to_dict().get(k))
+            raise ConfigError("checkpoint", f"was written by a different config (differs in: {', '.join(diff)})")
+        self.model.load_state_dict(sd["model"])
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.gen.set_state(sd["generator"])
+        self.epoch, self.step, self.rho0, self.elapsed = sd["epoch"], sd["step"], sd["rho0"], sd["elapsed"]
+
+    def save(self, path) -> None:
+        torch.save(self.state_dict(), path)
+
+    def restore(self, path) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+
+
+# ---------------------------------------------------------------------------
+def _norm(tensors) -> torch.Tensor:
+    """Joint L2 norm of a list of tensors (one device op, no host sync)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(tensors))))
+
+
+def _angle(prev, cur) -> torch.Tensor:
+    """Angle (radians) between two concatenated vectors, accurate for tiny angles:
+    2 * asin(||u - v|| / 2) for unit vectors u, v."""
+    if not cur:
+        return torch.zeros(())
+    pn, cn = _norm(prev), _norm(cur)
+    diff = torch._foreach_sub([c / cn for c in cur], [p / pn for p in prev])
+    chord = _norm(diff)
+    return 2 * torch.asin(torch.clamp(chord / 2, max=1.0))
