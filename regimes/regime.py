@@ -1,0 +1,417 @@
+"""Classify a training trajectory into a regime; estimate regime boundaries.
+
+Pure numpy (core layer): the study layer uses it for early stopping and
+boundary search, the analysis layer for reports. No pandas here.
+
+The three regimes of scale-invariant training on the sphere (Kodryan et al.,
+"Training scale-invariant neural networks on the sphere can happen in three
+regimes", NeurIPS 2022, Sec. 3 and Fig. 1), as seen in a trial's per-epoch
+train loss L_t, train accuracy A_t and effective gradient norm G_t:
+
+  convergence          L_t keeps decreasing toward 0 and G_t falls with it
+                       (small ELR: the point settles into a minimum).
+  chaotic_equilibrium  L_t and G_t stabilise at a nonzero level and A_t stays
+                       clearly above chance (medium ELR: SGD noise balances
+                       the centripetal pull of the sphere).
+  divergence           A_t stays near chance 1/C and L_t does not decrease,
+                       sitting near (or above) ln C, the loss of a random
+                       guesser (large ELR); any NaN/inf also counts here.
+  unresolved           none of the above yet: the trajectory is still
+                       trending at the end (train longer).
+
+Every rule looks only at a *final window* of the measured epochs, so a
+prefix of a trajectory can be classified with the same code (see
+`label_can_change` / `decided` for the early-stopping use).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+CONVERGENCE = "convergence"
+CHAOTIC = "chaotic_equilibrium"
+DIVERGENCE = "divergence"
+UNRESOLVED = "unresolved"
+LABELS = (CONVERGENCE, CHAOTIC, DIVERGENCE, UNRESOLVED)
+# Order along increasing ELR (paper Fig. 1); used to name boundaries.
+REGIME_ORDER = {CONVERGENCE: 0, CHAOTIC: 1, DIVERGENCE: 2, UNRESOLVED: 3}
+
+
+@dataclass(frozen=True)
+class RegimeRules:
+    """Thresholds of the regime rules. Losses are in nats (cross-entropy).
+
+    The final window is the last `window_frac` of the *measured* epochs (at
+    least `min_window` points); "relative change" of a series is the change of
+    its least-squares line across the window divided by the window mean, so
+    0.1 means "moved by 10% of its level over the window".
+    """
+
+    window_frac: float = 0.25        # fraction of measured epochs in the final window
+    min_window: int = 3              # points; fewer measured epochs -> unresolved
+    # convergence: loss "at 0" (absolute, nats). A digits/CIFAR net that
+    # converges reaches 1e-3..1e-4; a chaotic equilibrium sits at >= ~0.05.
+    converge_loss: float = 0.01
+    # ...or loss already small and still heading down with the eff. grad norm.
+    converge_trend_loss: float = 0.1
+    # A series is trending when |relative change| >= its threshold AND the
+    # slope is distinguishable from noise: |slope / its standard error| >=
+    # trend_t (only tested when the window has >= 4 points). A chaotic
+    # equilibrium fluctuates a lot epoch to epoch; a steady fit is needed.
+    stable_loss_change: float = 0.15
+    # |relative change of the eff. grad norm| below this = stable; it is
+    # noisier than the loss (minibatch mean), hence looser.
+    stable_grad_change: float = 0.25
+    trend_t: float = 2.0
+    # accuracy "near chance": acc <= 1/C + chance_margin (absolute).
+    chance_margin: float = 0.05
+    # accuracy "clearly above chance": acc >= 1/C + above_chance_margin.
+    above_chance_margin: float = 0.1
+    # divergence: final loss >= diverge_loss_frac * ln C (a random guesser
+    # sits at ln C; large logits of a confused net put it above).
+    diverge_loss_frac: float = 0.8
+    # early stopping: a label is "decided" once it held for this many
+    # consecutive evaluations (see `decided`).
+    decided_patience: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Classification:
+    label: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        return self.evidence.get("reason", "")
+
+
+# --------------------------------------------------------------------------
+# evidence
+def _as_array(x, n: int | None = None) -> np.ndarray | None:
+    if x is None:
+        return None
+    a = np.asarray(x, dtype=np.float64).reshape(-1)
+    if n is not None and a.size != n:
+        raise ValueError(f"series lengths differ: {a.size} != {n}")
+    return a
+
+
+def relative_change(t: np.ndarray, y: np.ndarray) -> float:
+    """Change of the least-squares line of y(t) across t's span, over mean(y).
+
+    NaN when fewer than 2 points or a zero mean.
+    """
+    return _trend(t, y)[0]
+
+
+def _trend(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(relative change across the span, t-statistic of the slope).
+
+    The t-statistic is slope / standard error of the slope (ordinary least
+    squares, n - 2 degrees of freedom); NaN with fewer than 4 points, inf for
+    an exact line.
+    """
+    n = y.size
+    if n < 2 or np.ptp(t) == 0:
+        return math.nan, math.nan
+    tc = t - t.mean()
+    sxx = float(np.sum(tc * tc))
+    slope = float(np.sum(tc * (y - y.mean())) / sxx)
+    level = float(np.mean(y))
+    rel = slope * float(np.ptp(t)) / abs(level) if level != 0 else math.nan
+    if n < 4:
+        return rel, math.nan
+    resid = y - (y.mean() + slope * tc)
+    se = math.sqrt(float(np.sum(resid * resid)) / (n - 2) / sxx)
+    tstat = abs(slope) / se if se > 0 else (math.inf if slope != 0 else 0.0)
+    return rel, float(math.copysign(tstat, slope))
+
+
+def evidence(train_loss, train_acc, eff_grad_norm, num_classes: int, *,
+             diverged: bool = False, epochs=None, rules: RegimeRules = RegimeRules()) -> dict[str, Any]:
+    """The numbers the rules look at (all plain python scalars).
+
+    train_loss may be NaN on epochs that were not measured (train_eval_every);
+    those epochs are ignored. train_acc / eff_grad_norm may be None (missing
+    measure): the rules then decide without them.
+    """
+    loss = _as_array(train_loss)
+    n = loss.size
+    acc = _as_array(train_acc, n)
+    grad = _as_array(eff_grad_norm, n)
+    t = np.arange(1, n + 1, dtype=np.float64) if epochs is None else _as_array(epochs, n)
+    C = int(num_classes)
+    if C < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+
+    ev: dict[str, Any] = {
+        "num_classes": C,
+        "chance": 1.0 / C,
+        "ln_c": math.log(C),
+        "epochs_seen": int(n),
+    }
+    # Non-finite values. NaN in the loss is a cadence gap, inf is a blow-up;
+    # the eff. grad norm is measured every epoch, so NaN there is a blow-up too.
+    nonfinite = bool(diverged) or bool(np.any(np.isinf(loss)))
+    if grad is not None and grad.size:
+        nonfinite |= bool(np.any(~np.isfinite(grad)))
+    ev["nonfinite"] = nonfinite
+
+    measured = np.isfinite(loss)
+    if acc is not None:
+        measured &= np.isfinite(acc)
+    idx = np.flatnonzero(measured)
+    ev["n_measured"] = int(idx.size)
+    w = max(rules.min_window, int(math.ceil(rules.window_frac * idx.size)))
+    win = idx[-w:] if idx.size else idx
+    ev["window"] = int(win.size)
+    ev["window_start_epoch"] = float(t[win[0]]) if win.size else math.nan
+
+    if win.size:
+        lw = loss[win]
+        ev["loss_final"] = float(np.mean(lw))
+        ev["loss_last"] = float(lw[-1])
+        ev["loss_rel_change"], ev["loss_trend_t"] = _trend(t[win], lw)
+    else:
+        ev["loss_final"] = ev["loss_last"] = math.nan
+        ev["loss_rel_change"] = ev["loss_trend_t"] = math.nan
+    ev["loss_over_ln_c"] = ev["loss_final"] / ev["ln_c"]
+
+    if acc is not None and win.size:
+        ev["acc_final"] = float(np.mean(acc[win]))
+    else:
+        ev["acc_final"] = math.nan
+    ev["acc_over_chance"] = ev["acc_final"] - ev["chance"]
+
+    # Grad window: same epochs span as the loss window, every finite epoch in it.
+    if grad is not None and win.size:
+        gsel = np.flatnonzero(np.isfinite(grad) & (t >= t[win[0]]))
+        gw = grad[gsel]
+        ev["grad_final"] = float(np.mean(gw)) if gw.size else math.nan
+        ev["grad_rel_change"], ev["grad_trend_t"] = _trend(t[gsel], gw) if gw.size else (math.nan, math.nan)
+    else:
+        ev["grad_final"] = ev["grad_rel_change"] = ev["grad_trend_t"] = math.nan
+    return ev
+
+
+# --------------------------------------------------------------------------
+# rules
+def label_from_evidence(ev: dict[str, Any], rules: RegimeRules = RegimeRules()) -> tuple[str, str]:
+    """(label, reason) from an `evidence` dict. Rules are tried in order."""
+    if ev["nonfinite"]:
+        return DIVERGENCE, "non-finite loss or gradient (NaN/inf)"
+    if ev["n_measured"] < rules.min_window:
+        return UNRESOLVED, f"only {ev['n_measured']} measured epochs (< {rules.min_window})"
+
+    loss, dloss = ev["loss_final"], ev["loss_rel_change"]
+    dgrad = ev["grad_rel_change"]
+    has_acc = math.isfinite(ev["acc_final"])
+    has_grad = math.isfinite(dgrad)
+
+    def trending(rel, tstat, threshold):  # sign of a real trend, 0 if none
+        if not math.isfinite(rel) or abs(rel) < threshold:
+            return 0
+        if math.isfinite(tstat) and abs(tstat) < rules.trend_t:
+            return 0                      # within the noise of the window
+        return 1 if rel > 0 else -1
+
+    loss_trend = trending(dloss, ev["loss_trend_t"], rules.stable_loss_change)
+    grad_trend = trending(dgrad, ev["grad_trend_t"], rules.stable_grad_change)
+    loss_stable, loss_falling = loss_trend == 0, loss_trend < 0
+    grad_stable = (not has_grad) or grad_trend == 0
+    grad_falling = (not has_grad) or grad_trend < 0
+
+    # convergence: the loss is at 0, or small and still heading there with G_t.
+    if loss <= rules.converge_loss:
+        return CONVERGENCE, f"final train loss {loss:.3g} <= {rules.converge_loss}"
+    if loss <= rules.converge_trend_loss and loss_falling and grad_falling:
+        return CONVERGENCE, (f"train loss {loss:.3g} <= {rules.converge_trend_loss} and falling "
+                             f"({dloss:+.2f}/window), eff. grad norm falling")
+
+    near_chance = has_acc and ev["acc_over_chance"] <= rules.chance_margin
+    above_chance = has_acc and ev["acc_over_chance"] >= rules.above_chance_margin
+    at_ln_c = loss >= rules.diverge_loss_frac * ev["ln_c"]
+
+    # divergence: random guesser -- chance accuracy, loss ~ln C, not decreasing.
+    if at_ln_c and not loss_falling and (near_chance or not has_acc):
+        return DIVERGENCE, (f"accuracy {ev['acc_final']:.3f} near chance {ev['chance']:.3f}, "
+                            f"loss {loss:.3g} ~ ln C = {ev['ln_c']:.3g} and not decreasing")
+
+    # chaotic equilibrium: loss and G_t flat at a nonzero level, acc above chance.
+    if loss_stable and grad_stable and (above_chance or (not has_acc and not at_ln_c)):
+        return CHAOTIC, (f"train loss stable at {loss:.3g} ({dloss:+.2f}/window), "
+                         f"eff. grad norm stable, accuracy {ev['acc_final']:.3f} above chance")
+
+    trend = []
+    if not loss_stable:
+        trend.append(f"train loss changing {dloss:+.2f}/window")
+    if not grad_stable:
+        trend.append(f"eff. grad norm changing {dgrad:+.2f}/window")
+    if not trend:
+        trend.append(f"accuracy {ev['acc_final']:.3f} neither at chance nor clearly above it")
+    return UNRESOLVED, "still trending: " + ", ".join(trend)
+
+
+def classify(train_loss, train_acc, eff_grad_norm, num_classes: int, *,
+             diverged: bool = False, epochs=None, rules: RegimeRules = RegimeRules()) -> Classification:
+    """Regime of one trajectory (arrays indexed by epoch, oldest first).
+
+    Returns the label and the evidence (final-window mean and relative change
+    of the train loss and eff. grad norm, accuracy over chance, ...), with
+    the deciding rule in evidence["reason"].
+    """
+    ev = evidence(train_loss, train_acc, eff_grad_norm, num_classes,
+                  diverged=diverged, epochs=epochs, rules=rules)
+    label, reason = label_from_evidence(ev, rules)
+    ev["reason"] = reason
+    return Classification(label, ev)
+
+
+# --------------------------------------------------------------------------
+# early decisions (used by the study layer for early stopping)
+def label_can_change(c: Classification) -> bool:
+    """Whether more epochs could change this prefix's label.
+
+    Only a blow-up is irreversible (NaN/inf ends the run). Every other label
+    could still move, so callers use `decided` (persistence over evaluations).
+    """
+    return not c.evidence.get("nonfinite", False)
+
+
+def decided(history: Sequence[Classification], rules: RegimeRules = RegimeRules()) -> str | None:
+    """The label that can be taken as final, or None.
+
+    `history` holds the classifications of growing prefixes of one trajectory
+    (e.g. one per evaluation). A label is decided when it cannot change
+    (non-finite) or when the same resolved label held for the last
+    `rules.decided_patience` evaluations.
+    """
+    if not history:
+        return None
+    if not label_can_change(history[-1]):
+        return history[-1].label
+    k = rules.decided_patience
+    tail = [c.label for c in history[-k:]]
+    if len(tail) == k and tail[0] != UNRESOLVED and all(l == tail[0] for l in tail):
+        return tail[0]
+    return None
+
+
+# --------------------------------------------------------------------------
+# boundaries
+@dataclass
+class Boundary:
+    """Where the regime changes from `lower` to `upper` along an axis.
+
+    `value` is the geometric mean of the per-seed estimates (each the
+    geometric midpoint of the last grid point with `lower` and the next with
+    `upper`); `lo`/`hi` the range over seeds; `log10_spread` their standard
+    deviation in log10 units; `bracket_lo`/`bracket_hi` the widest pair of
+    grid points that bracket the change.
+    """
+
+    lower: str
+    upper: str
+    value: float
+    lo: float
+    hi: float
+    log10_spread: float
+    bracket_lo: float
+    bracket_hi: float
+    n_seeds: int          # seeds showing this change
+    n_seeds_total: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.lower}->{self.upper}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"boundary": self.name, **asdict(self)}
+
+
+def midpoint(a: float, b: float) -> float:
+    """Geometric midpoint (interpolation in log space); arithmetic if either is <= 0."""
+    if a > 0 and b > 0:
+        return math.sqrt(a * b)
+    return 0.5 * (a + b)
+
+
+def _mean_log(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=np.float64)
+    if np.all(v > 0):
+        lv = np.log10(v)
+        return float(10 ** lv.mean()), float(lv.std()) if v.size > 1 else 0.0
+    return float(v.mean()), math.nan
+
+
+def transitions(axis_values, labels, *, skip: Iterable[str] = (UNRESOLVED,)) -> list[tuple[str, str, float, float]]:
+    """Regime changes along one sorted replicate: (lower, upper, x_below, x_above).
+
+    Points labelled in `skip` are stepped over (the change is then bracketed
+    by the resolved neighbours). Several trials at the same axis value must be
+    merged by the caller (one label per value).
+    """
+    x = np.asarray(axis_values, dtype=np.float64)
+    lab = np.asarray(labels, dtype=object)
+    order = np.argsort(x, kind="stable")
+    x, lab = x[order], lab[order]
+    keep = np.array([l not in set(skip) for l in lab], dtype=bool)
+    x, lab = x[keep], lab[keep]
+    out = []
+    for i in range(len(x) - 1):
+        if lab[i] != lab[i + 1]:
+            out.append((str(lab[i]), str(lab[i + 1]), float(x[i]), float(x[i + 1])))
+    return out
+
+
+def estimate_boundaries(axis_values, labels, seeds=None, *,
+                        skip: Iterable[str] = (UNRESOLVED,)) -> list[Boundary]:
+    """Boundaries along one axis, for one setting of every other axis.
+
+    axis_values, labels, seeds: one entry per trial. Each seed is a replicate
+    line; per seed the change between neighbouring grid points is placed at
+    their geometric midpoint, then seeds are pooled per kind of change
+    (lower -> upper). A seed that crosses the same kind twice (non-monotone)
+    contributes its first crossing. Sorted by position.
+    """
+    x = np.asarray(axis_values, dtype=np.float64)
+    lab = np.asarray(labels, dtype=object)
+    s = np.zeros(x.size, dtype=np.int64) if seeds is None else np.asarray(seeds)
+    if not (x.size == lab.size == s.size):
+        raise ValueError("axis_values, labels and seeds must have one entry per trial")
+    seed_ids = list(dict.fromkeys(s.tolist()))
+    found: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    for sd in seed_ids:
+        m = s == sd
+        seen = set()
+        for lower, upper, a, b in transitions(x[m], lab[m], skip=skip):
+            if (lower, upper) in seen:
+                continue
+            seen.add((lower, upper))
+            found.setdefault((lower, upper), []).append((midpoint(a, b), a, b))
+    out = []
+    for (lower, upper), est in found.items():
+        mids = [e[0] for e in est]
+        value, spread = _mean_log(mids)
+        out.append(Boundary(lower, upper, value, float(min(mids)), float(max(mids)), spread,
+                            float(min(e[1] for e in est)), float(max(e[2] for e in est)),
+                            len(est), len(seed_ids)))
+    out.sort(key=lambda b: b.value)
+    return out
+
+
+def majority(labels: Sequence[str]) -> tuple[str, float]:
+    """Most common label and its share; ties go to the lower-ELR regime order."""
+    if len(labels) == 0:
+        return UNRESOLVED, math.nan
+    counts: dict[str, int] = {}
+    for l in labels:
+        counts[l] = counts.get(l, 0) + 1
+    best = max(counts, key=lambda l: (counts[l], -REGIME_ORDER.get(l, 9)))
+    return best, counts[best] / len(labels)

@@ -1,0 +1,262 @@
+"""Regime classifier and boundary estimator on synthetic trajectories with known answers."""
+import math
+
+import numpy as np
+import pytest
+
+from regimes import regime as R
+
+C = 10
+LN_C = math.log(C)
+T = 60
+EPOCHS = np.arange(1, T + 1, dtype=float)
+
+
+def _noise(seed, scale, n=T):
+    return np.random.default_rng(seed).normal(0.0, scale, n)
+
+
+def converging(seed=0):
+    loss = LN_C * np.exp(-EPOCHS / 6.0) * (1 + 0.05 * _noise(seed, 1.0))
+    acc = 1 - 0.9 * np.exp(-EPOCHS / 4.0)
+    grad = 5.0 * np.exp(-EPOCHS / 8.0) + 1e-4
+    return loss, acc, grad
+
+
+def chaotic(seed=0, level=0.5):
+    loss = level + (LN_C - level) * np.exp(-EPOCHS / 5.0) + 0.03 * _noise(seed, 1.0)
+    acc = 0.85 - 0.75 * np.exp(-EPOCHS / 5.0) + 0.01 * _noise(seed + 1, 1.0)
+    grad = 2.0 + np.exp(-EPOCHS / 5.0) + 0.1 * _noise(seed + 2, 1.0)
+    return loss, acc, grad
+
+
+def random_guesser(seed=0):
+    loss = LN_C + 0.05 * np.abs(_noise(seed, 1.0))
+    acc = 0.1 + 0.01 * _noise(seed + 1, 1.0)
+    grad = 8.0 + 0.5 * _noise(seed + 2, 1.0)
+    return loss, acc, grad
+
+
+def still_falling():
+    # linear descent from ln C to ~0.6 at the last epoch: far from 0, not flat
+    loss = LN_C - (LN_C - 0.6) * EPOCHS / T
+    acc = 0.1 + 0.7 * EPOCHS / T
+    grad = 4.0 - 2.0 * EPOCHS / T
+    return loss, acc, grad
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_decaying_loss_is_convergence(seed):
+    c = R.classify(*converging(seed), C)
+    assert c.label == R.CONVERGENCE, c.evidence
+    assert c.evidence["loss_final"] < 0.01
+    assert c.evidence["grad_rel_change"] < 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_loss_settling_at_half_is_chaotic_equilibrium(seed):
+    c = R.classify(*chaotic(seed), C)
+    assert c.label == R.CHAOTIC, c.evidence
+    assert c.evidence["loss_final"] == pytest.approx(0.5, abs=0.05)
+    assert abs(c.evidence["loss_rel_change"]) < 0.15
+    assert c.evidence["acc_over_chance"] == pytest.approx(0.75, abs=0.03)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_loss_stuck_at_ln_c_with_chance_accuracy_is_divergence(seed):
+    c = R.classify(*random_guesser(seed), C)
+    assert c.label == R.DIVERGENCE, c.evidence
+    assert not c.evidence["nonfinite"]
+    assert c.evidence["loss_over_ln_c"] == pytest.approx(1.0, abs=0.05)
+    assert abs(c.evidence["acc_over_chance"]) < 0.02
+
+
+def test_nan_is_divergence():
+    loss, acc, grad = chaotic()
+    loss, acc, grad = loss[:20].copy(), acc[:20].copy(), grad[:20].copy()
+    loss[-1] = acc[-1] = grad[-1] = np.nan
+    assert R.classify(loss, acc, grad, C, diverged=True).label == R.DIVERGENCE
+    # without the flag: NaN in the (every-epoch) eff. grad norm is a blow-up
+    assert R.classify(loss, acc, grad, C).label == R.DIVERGENCE
+    # inf in the loss too
+    loss2, acc2, grad2 = chaotic()
+    loss2[30] = np.inf
+    c = R.classify(loss2, acc2, grad2, C)
+    assert c.label == R.DIVERGENCE and c.evidence["nonfinite"]
+
+
+def test_still_falling_steeply_is_unresolved():
+    c = R.classify(*still_falling(), C)
+    assert c.label == R.UNRESOLVED, c.evidence
+    assert c.evidence["loss_rel_change"] < -0.1
+    assert "trending" in c.reason
+
+
+def test_early_training_near_chance_but_falling_is_unresolved():
+    # loss still above 0.8 ln C and accuracy at chance, but clearly decreasing:
+    # not a random guesser yet
+    loss = LN_C * (1.3 - 0.45 * (EPOCHS / T) ** 3)     # ends at 0.85 ln C, falling
+    acc = np.full(T, 0.11)
+    c = R.classify(loss, acc, np.full(T, 3.0), C)
+    assert c.label == R.UNRESOLVED, c.evidence
+
+
+def test_unmeasured_epochs_are_ignored():
+    loss, acc, grad = chaotic()
+    gappy_loss, gappy_acc = loss.copy(), acc.copy()
+    gap = (np.arange(T) % 5 != 4)            # measured every 5th epoch (+ last)
+    gap[-1] = False
+    gappy_loss[gap] = np.nan
+    gappy_acc[gap] = np.nan
+    c = R.classify(gappy_loss, gappy_acc, grad, C)
+    assert c.label == R.CHAOTIC
+    assert c.evidence["n_measured"] == 12
+    assert c.evidence["window"] == 3
+    # the window mean is over measured points only
+    m = np.flatnonzero(~gap)[-3:]
+    assert c.evidence["loss_final"] == pytest.approx(loss[m].mean())
+
+
+def test_too_few_points_is_unresolved():
+    loss, acc, grad = converging()
+    assert R.classify(loss[:2], acc[:2], grad[:2], C).label == R.UNRESOLVED
+
+
+def test_missing_optional_measures():
+    loss, acc, grad = chaotic()
+    assert R.classify(loss, None, None, C).label == R.CHAOTIC
+    loss, acc, grad = random_guesser()
+    assert R.classify(loss, None, grad, C).label == R.DIVERGENCE
+    loss, acc, grad = converging()
+    assert R.classify(loss, acc, None, C).label == R.CONVERGENCE
+
+
+def test_rules_are_configurable():
+    loss, acc, grad = chaotic(seed=4, level=0.05)
+    loss = 0.05 + (loss - 0.05) * 0.3         # fluctuations in proportion to the level
+    assert R.classify(loss, acc, grad, C).label == R.CHAOTIC
+    lax = R.RegimeRules(converge_loss=0.08)
+    c = R.classify(loss, acc, grad, C, rules=lax)
+    assert c.label == R.CONVERGENCE and "0.08" in c.reason
+
+
+def test_relative_change_oracle():
+    t = np.arange(10.0)
+    y = 2.0 + 0.1 * t                       # line: change over span 0.9, mean 2.45
+    assert R.relative_change(t, y) == pytest.approx(0.9 / 2.45)
+    assert R.relative_change(t, np.full(10, 3.0)) == pytest.approx(0.0, abs=1e-12)
+    # t-statistic against the textbook formula on a small noisy example
+    y = np.array([1.0, 1.3, 0.9, 1.6, 1.4, 1.9])
+    t = np.arange(6.0)
+    b = np.cov(t, y, bias=True)[0, 1] / np.var(t)
+    a = y.mean() - b * t.mean()
+    se = np.sqrt(np.sum((y - a - b * t) ** 2) / 4 / np.sum((t - t.mean()) ** 2))
+    rel, tstat = R._trend(t, y)
+    assert tstat == pytest.approx(b / se)
+    assert rel == pytest.approx(b * 5 / y.mean())
+
+
+def test_noisy_plateau_is_stable_but_clean_slope_is_a_trend():
+    # big epoch-to-epoch fluctuations around 0.6: no significant trend
+    rng = np.random.default_rng(5)
+    loss = 0.6 + 0.2 * rng.standard_normal(T)
+    loss[-15:] = 0.6 + 0.18 * np.resize([1, -1, -1, 1, 1, -1, 1, -1], 15)
+    acc = np.full(T, 0.8)
+    grad = np.full(T, 2.0)
+    c = R.classify(loss, acc, grad, C)
+    assert c.label == R.CHAOTIC, c.evidence
+    # the same level with a clean 30% decline over the window is trending
+    loss2 = np.full(T, 0.6)
+    loss2[-15:] = 0.7 - 0.2 * np.arange(15) / 14
+    c2 = R.classify(loss2, acc, grad, C)
+    assert c2.label == R.UNRESOLVED and c2.evidence["loss_trend_t"] < -2
+
+
+def test_decided_needs_persistence_or_blow_up():
+    rules = R.RegimeRules(decided_patience=3)
+    loss, acc, grad = random_guesser()
+    hist = [R.classify(loss[:n], acc[:n], grad[:n], C) for n in (10, 20, 30)]
+    assert R.decided(hist[:2], rules) is None
+    assert R.decided(hist, rules) == R.DIVERGENCE
+    l2, a2, g2 = still_falling()
+    hist_u = [R.classify(l2[:n], a2[:n], g2[:n], C) for n in (20, 40, 60)]
+    assert R.decided(hist_u, rules) is None
+    blow = R.classify(loss[:5], acc[:5], grad[:5], C, diverged=True)
+    assert not R.label_can_change(blow)
+    assert R.decided([blow], rules) == R.DIVERGENCE
+
+
+# ------------------------------------------------------------------ boundaries
+def test_midpoint_is_geometric():
+    assert R.midpoint(1e-3, 1e-1) == pytest.approx(1e-2)
+    assert R.midpoint(0.0, 2.0) == 1.0
+
+
+def _synthetic_study(b1, b2, grid, seeds, jitter):
+    """Label by thresholding log ELR against seed-jittered true boundaries."""
+    rng = np.random.default_rng(0)
+    xs, labels, ss, truth = [], [], [], {}
+    for s in seeds:
+        d = 10 ** rng.uniform(-jitter, jitter)
+        t1, t2 = b1 * d, b2 * d
+        truth[s] = (t1, t2)
+        for x in grid:
+            lab = R.CONVERGENCE if x < t1 else (R.CHAOTIC if x < t2 else R.DIVERGENCE)
+            xs.append(x)
+            labels.append(lab)
+            ss.append(s)
+    return np.array(xs), labels, np.array(ss), truth
+
+
+def test_boundaries_recovered_within_grid_resolution():
+    grid = np.logspace(-5, 1, 25)                 # 4 points per decade
+    step = np.log10(grid[1] / grid[0])
+    b1, b2 = 3.3e-4, 0.021
+    x, labels, seeds, truth = _synthetic_study(b1, b2, grid, seeds=[0, 1, 2, 3], jitter=0.2)
+    rng = np.random.default_rng(1)
+    perm = rng.permutation(x.size)                # order of trials must not matter
+    bs = R.estimate_boundaries(x[perm], [labels[i] for i in perm], seeds[perm])
+    assert [b.name for b in bs] == ["convergence->chaotic_equilibrium",
+                                    "chaotic_equilibrium->divergence"]
+    for b, true in zip(bs, (b1, b2)):
+        assert abs(math.log10(b.value / true)) <= step + 0.2    # grid step + seed jitter
+        assert b.n_seeds == b.n_seeds_total == 4
+        assert b.lo <= b.value <= b.hi
+        assert b.bracket_lo < b.lo and b.hi < b.bracket_hi
+    # per seed, each estimate is within half a grid step of that seed's truth
+    for s in range(4):
+        m = seeds == s
+        (b_lo, b_hi) = R.estimate_boundaries(x[m], [labels[i] for i in np.flatnonzero(m)])
+        assert abs(math.log10(b_lo.value / truth[s][0])) <= step / 2 + 1e-9
+        assert abs(math.log10(b_hi.value / truth[s][1])) <= step / 2 + 1e-9
+        assert b_lo.log10_spread == 0.0
+
+
+def test_boundary_spread_reflects_seed_disagreement():
+    grid = [1e-4, 1e-3, 1e-2, 1e-1]
+    labels = [R.CONVERGENCE, R.CHAOTIC, R.CHAOTIC, R.CHAOTIC,      # seed 0: change at ~3e-4
+              R.CONVERGENCE, R.CONVERGENCE, R.CHAOTIC, R.CHAOTIC]  # seed 1: change at ~3e-3
+    (b,) = R.estimate_boundaries(grid * 2, labels, [0] * 4 + [1] * 4)
+    assert b.lo == pytest.approx(math.sqrt(1e-7))
+    assert b.hi == pytest.approx(math.sqrt(1e-5))
+    assert b.value == pytest.approx(math.sqrt(b.lo * b.hi))
+    assert b.log10_spread == pytest.approx(0.5)
+
+
+def test_unresolved_points_are_stepped_over():
+    grid = [1e-4, 1e-3, 1e-2, 1e-1]
+    labels = [R.CONVERGENCE, R.UNRESOLVED, R.CHAOTIC, R.DIVERGENCE]
+    bs = R.estimate_boundaries(grid, labels)
+    assert [b.name for b in bs] == ["convergence->chaotic_equilibrium",
+                                    "chaotic_equilibrium->divergence"]
+    assert bs[0].value == pytest.approx(1e-3)           # midpoint of 1e-4 and 1e-2
+    assert (bs[0].bracket_lo, bs[0].bracket_hi) == (1e-4, 1e-2)
+
+
+def test_no_change_no_boundary():
+    assert R.estimate_boundaries([1e-3, 1e-2], [R.CHAOTIC, R.CHAOTIC]) == []
+
+
+def test_majority():
+    assert R.majority(["a", "b", "a"]) == ("a", pytest.approx(2 / 3))
+    assert R.majority([R.CHAOTIC, R.CONVERGENCE])[0] == R.CONVERGENCE
