@@ -1,0 +1,153 @@
+"""The `regimes` command: train | demo | sweep | validate | report.
+
+Every bad input (unknown key, wrong type, out-of-range value, missing path)
+prints one line `error: <key>: <what is allowed>` and exits with code 2 before
+anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from .config import ConfigError, TrainConfig, describe_fields
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="regimes", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one run; any TrainConfig field as key=value",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="config fields:\n" + describe_fields())
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config fields (and out=DIR, where the Parquet results go)")
+    p.add_argument("--config", help="YAML file of config fields (key=value arguments override it)")
+    p.add_argument("--out", help="results folder (same as out=DIR)")
+    p.add_argument("--name", default="run", help="trial id of this run in the results folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train_main)
+
+    p = sub.add_parser("demo", help="the embedded demo: a spread of ELRs on digits (CPU)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.set_defaults(func=_demo_main)
+
+    _add_layer_commands(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _add_layer_commands(sub):
+    """The study (Ray) and analysis layers add their subcommands; imported lazily so that
+    `regimes train` never pays for importing Ray."""
+    def lazy(module: str, adder: str, runner: str):
+        def run(args):
+            import importlib
+
+            return getattr(importlib.import_module(module), runner)(args)
+
+        def add(p):
+            import importlib
+
+            try:
+                getattr(importlib.import_module(module), adder)(p)
+            except (ImportError, AttributeError):
+                p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(func=run)
+        return add
+
+    specs = [("sweep", "run a study spec on Ray Tune", "regimes.study.launch", "add_sweep_arguments", "sweep_main"),
+             ("validate", "check a study spec without starting anything", "regimes.study.launch",
+              "add_validate_arguments", "validate_main"),
+             ("report", "classify regimes and draw phase diagrams of a results folder", "regimes.analysis.report",
+              "add_arguments", "main")]
+    for name, help_, module, adder, runner in specs:
+        lazy(module, adder, runner)(sub.add_parser(name, help=help_))
+
+
+# --- train -------------------------------------------------------------------
+def _train_main(args) -> int:
+    from . import results
+    from .train import Trainer
+
+    overrides = list(args.overrides)
+    out = args.out
+    rest = []
+    for tok in overrides:
+        if tok.startswith("out="):
+            out = tok.split("=", 1)[1]
+        else:
+            rest.append(tok)
+    base = {}
+    if args.config:
+        base = TrainConfig.from_yaml(args.config).to_dict()
+    cfg = TrainConfig.from_cli(rest, base=base)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError("out", f"{out} exists and is not a folder")
+    trainer = Trainer(cfg)
+    records = []
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs, unit="epoch", dynamic_ncols=True)
+    for rec in trainer.run():
+        records.append(rec)
+        if bar is not None:
+            bar.set_postfix_str(_progress(rec), refresh=False)
+            bar.update(1)
+        if out is not None:
+            results.write_trial_epochs(out, args.name, results.epoch_rows(cfg, records, study=Path(out).name))
+    if bar is not None:
+        bar.close()
+    last = records[-1]
+    status = "diverged" if last["diverged"] else "completed"
+    if out is not None:
+        results.write_trials(out, [results.trial_summary(cfg, records, Path(out).name, args.name, status)])
+    print(_summary(cfg, last, status))
+    if out is not None:
+        print(f"results: {Path(out) / 'epochs'} and {Path(out) / 'trials.parquet'}")
+    return 0
+
+
+def _progress(rec: dict) -> str:
+    loss = rec["train_loss"] if math.isfinite(rec["train_loss"]) or rec["diverged"] else float("nan")
+    return f"epoch {rec['epoch']} loss {loss:.4g} acc {rec['train_acc']:.3f} test {rec['test_acc']:.3f} elr {rec['elr']:.3g}"
+
+
+def _summary(cfg: TrainConfig, last: dict, status: str) -> str:
+    keys = ("train_loss", "train_acc", "test_loss", "test_acc", "si_norm", "elr", "eff_grad_norm", "angular_update")
+    vals = "  ".join(f"{k}={last[k]:.4g}" for k in keys)
+    return f"{cfg.model} {cfg.mode} on {cfg.dataset}: {status} after {last['epoch']} epochs\n  {vals}"
+
+
+# --- demo (core only) --------------------------------------------------------
+DEMO = dict(dataset="digits", model="convnet_si", width=8, mode="sphere", batch_size=32, augment=False, epochs=20)
+DEMO_ELRS = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+
+
+def _demo_main(args) -> int:
+    from .train import train
+
+    base = dict(DEMO, epochs=args.epochs or DEMO["epochs"])
+    print(f"demo: {base}")
+    print(f"{'elr':>8} {'train_loss':>11} {'train_acc':>9} {'test_acc':>8} {'eff_grad_norm':>13}")
+    for elr in DEMO_ELRS:
+        last = None
+        for last in train(TrainConfig.from_dict({**base, "elr": elr})):
+            pass
+        print(f"{elr:>8.0e} {last['train_loss']:>11.4g} {last['train_acc']:>9.3f} {last['test_acc']:>8.3f} "
+              f"{last['eff_grad_norm']:>13.4g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
