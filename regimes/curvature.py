@@ -42,8 +42,10 @@ def preserved(model: nn.Module, mode: str | None = None) -> Iterator[nn.Module]:
     `mode`: None keeps the current flags, "train"/"eval" sets them for the block.
     """
     modes = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    devices = sorted({b.device.index for b, _ in buffers if b.device.type == "cuda"} |
+    # by (module, name), not by tensor: a lazily sized buffer may be replaced
+    buffers = [(m, name, b.detach().clone()) for m in model.modules()
+               for name, b in m._buffers.items() if b is not None]
+    devices = sorted({b.device.index for _, _, b in buffers if b.device.type == "cuda"} |
                      {p.device.index for p in model.parameters() if p.device.type == "cuda"})
     try:
         with torch.random.fork_rng(devices=devices):
@@ -52,8 +54,11 @@ def preserved(model: nn.Module, mode: str | None = None) -> Iterator[nn.Module]:
             yield model
     finally:
         with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
+            for m, name, saved in buffers:
+                if m._buffers[name].shape == saved.shape:
+                    m._buffers[name].copy_(saved)
+                else:
+                    m._buffers[name] = saved
         for m, flag in modes:
             m.training = flag
 
