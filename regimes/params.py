@@ -17,8 +17,13 @@ and the degree d: scaling every weight of S by a > 0 scales the value by a^d.
 - anything else (softplus, unknown modules, the output) taints S: those weights
   reach the loss without passing a normalisation.
 Closed sets that share a weight merge into one group (union-find); a group is
-scale-invariant when none of its weights is tainted. In a plain ConvNet every
-conv is its own group; in the pre-activation ResNet all convs form one group.
+scale-invariant when none of its weights is tainted. In the ConvNet every conv
+is its own group. In the pre-activation ResNet the first conv of a block feeds
+a BN directly and is its own group, while the convs that write into the
+residual stream (stem, second convs, shortcuts) are invariant only jointly, one
+group per stretch of the stream between two 1x1-shortcut blocks (a shortcut
+reads the normalised input and so restarts the stream). The union of all
+groups — every conv — is what sphere mode keeps at norm rho0.
 Tests verify this numerically: scaling a detected group leaves train-mode
 outputs unchanged; scaling a non-SI weight changes them.
 """

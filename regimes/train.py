@@ -119,6 +119,21 @@ class Trainer:
         opt = torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum)
         return opt, lr_of_group
 
+    def _eff_grad_norm(self) -> torch.Tensor:
+        """||grad_SI L|| * ||w_SI||: the gradient at unit norm (scale-free), on the device."""
+        if not self.si_params:
+            return torch.zeros((), dtype=torch.float64, device=self.device)
+        return (_norm([p.grad for p in self.si_params]) * _norm(self.si_params)).double()
+
+    @torch.no_grad()
+    def _angular_update(self, prev: list[torch.Tensor]) -> torch.Tensor:
+        """Angle between the SI vector before and after this step; `prev` is updated in place."""
+        if not self.si_params:
+            return torch.zeros((), dtype=torch.float64, device=self.device)
+        angle = _angle(prev, self.si_params).double()
+        torch._foreach_copy_(prev, [p.detach() for p in self.si_params])
+        return angle
+
     @torch.no_grad()
     def _project(self):
         """Rescale all SI weights jointly back to norm rho0 (the sphere)."""
@@ -135,7 +150,7 @@ class Trainer:
             loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
             egn_sum = torch.zeros_like(loss_sum)
             angle_sum = torch.zeros_like(loss_sum)
-            prev = [p.detach().clone() for p in self.si_params]
+            prev = [p.detach().clone() for p in self.si_params]  # SI weights before the step
             for i in range(self.steps_per_epoch):
                 idx = perm[i * B:(i + 1) * B]
                 x = augment(data.x_train[idx], data.crop_pad, data.flip, self.gen)
@@ -146,13 +161,11 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(self.model(x), y)
                 loss.backward()
-                # eff. grad norm = ||grad_SI L|| * ||w_SI|| (scale-free: the gradient at unit norm)
-                egn_sum += (_norm([p.grad for p in self.si_params]) * _norm(self.si_params)).double()
+                egn_sum += self._eff_grad_norm()
                 self.optimizer.step()
                 for hook in self._after_step:
                     hook()
-                angle_sum += _angle(prev, self.si_params).double()
-                torch._foreach_copy_(prev, [p.detach() for p in self.si_params])
+                angle_sum += self._angular_update(prev)
                 loss_sum += loss.detach().double()
                 self.step += 1
             train_time = time.perf_counter() - t0
