@@ -1,0 +1,1 @@
+"""Studies on Ray Tune: spec (YAML), trainable, search, Parquet sink, launch."""

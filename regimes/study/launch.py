@@ -1,0 +1,175 @@
+"""Run a study on Ray Tune: `regimes sweep` and `regimes validate`.
+
+    regimes sweep studies/demo_digits.yaml                       # embedded: Ray started in-process
+    regimes sweep studies/x.yaml --address auto --storage s3://bucket/studies   # inside a cluster
+    regimes validate studies/*.yaml
+
+Everything a study writes goes under `<storage>/<study name>/` (see storage.py).
+Running the same command again resumes the study with `Tuner.restore`: finished
+trials are not re-run, unfinished and errored ones continue from their last
+checkpoint. `--restart` deletes the study folder and starts over.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import Counter
+
+from regimes.config import ConfigError
+
+from . import spec as spec_mod
+from .spec import Study
+from .storage import SPEC_COPY, StudyStore
+
+
+# --- CLI hooks (called by regimes/cli.py) -----------------------------------
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="study spec (YAML), e.g. studies/demo_digits.yaml")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join: 'auto' on a `ray up` cluster; default: start Ray in-process")
+    p.add_argument("--storage", default="results",
+                   help="root of everything the study writes (Ray state, checkpoints, Optuna journal, Parquet): "
+                        "a local/NFS folder or a URI such as s3://bucket/path; default: results")
+    p.add_argument("--restart", action="store_true",
+                   help="delete <storage>/<name>/ and start over instead of resuming")
+    p.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs of the in-process Ray (default: all); ignored with --address")
+    p.add_argument("--quiet", action="store_true", help="no Ray Tune progress table")
+
+
+def sweep_main(args) -> int:
+    study = spec_mod.load(args.spec)
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise ConfigError("--num-cpus", f"{args.num_cpus} is out of range; allowed: >= 1")
+    store = StudyStore(args.storage, study.name)
+    print(spec_mod_summary(args.spec, study))
+    grid = run_study(study, store, address=args.address, restart=args.restart,
+                     num_cpus=args.num_cpus, verbose=0 if args.quiet else 1)
+    return report(study, store, grid)
+
+
+def add_validate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("specs", nargs="+", help="study spec files (YAML)")
+
+
+def validate_main(args) -> int:
+    for path in args.specs:
+        study = spec_mod.load(path)
+        print(spec_mod_summary(path, study))
+    return 0
+
+
+def spec_mod_summary(path, study: Study) -> str:
+    return f"{path}: ok - {study.summary()}"
+
+
+# --- the study ---------------------------------------------------------------
+def run_study(study: Study, store: StudyStore | str = "results", *, address: str | None = None,
+              restart: bool = False, num_cpus: int | None = None, verbose: int = 1,
+              callbacks: tuple = ()):
+    """Run (or resume) `study`; returns Tune's ResultGrid. Starts Ray in-process unless it is up."""
+    import ray
+    from ray import tune
+
+    from .search import fail_stale_trials, make_scheduler, make_searcher
+    from .sink import ParquetSink
+    from .trainable import run_trial
+
+    if isinstance(store, str):
+        store = StudyStore(store, study.name)
+    # The Parquet sink is the record: no per-trial CSV/JSON/TensorBoard copies from Tune.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if restart:
+        store.delete_all()
+
+    started = False
+    if not ray.is_initialized():
+        # "local" never joins some other Ray on this machine; an address joins that cluster.
+        ray.init(address=address or "local", num_cpus=None if address else num_cpus,
+                 include_dashboard=False, log_to_driver=verbose > 0)
+        started = True
+    try:
+        trainable = tune.with_resources(tune.with_parameters(run_trial, study=study),
+                                        {"cpu": study.cpu, "gpu": study.gpu})
+        store.pull()
+        if tune.Tuner.can_restore(store.study_path):
+            _check_same_spec(study, store)
+            print(f"resuming study '{study.name}' from {store.study_path}", flush=True)
+            tuner = tune.Tuner.restore(store.study_path, trainable=trainable,
+                                       resume_unfinished=True, resume_errored=True)
+        else:
+            store.clear_own_files()    # left by a driver that died before Tune saved any state
+            _write_spec_copy(study, store)
+            tuner = _new_tuner(study, store, trainable, verbose, callbacks, make_searcher, make_scheduler,
+                               ParquetSink)
+        grid = tuner.fit()
+    finally:
+        if study.kind == "optuna" and store.journal_path.exists():
+            fail_stale_trials(study, store.journal_path)
+            store.push("optuna.journal")
+        if started:
+            ray.shutdown()
+    return grid
+
+
+def _new_tuner(study, store, trainable, verbose, callbacks, make_searcher, make_scheduler, ParquetSink):
+    from ray import tune
+
+    if study.kind == "grid":
+        param_space = {k: tune.grid_search(list(v)) for k, v in study.space.items()}
+        search_alg, num_samples = None, 1
+    else:
+        param_space, search_alg, num_samples = {}, make_searcher(study, store.journal_path), study.num_samples
+    run_config = tune.RunConfig(
+        name=study.name,
+        storage_path=store.ray_storage_path,
+        # Only the latest checkpoint is ever resumed from; keeping 2 halves Tune's forced snapshots.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        failure_config=tune.FailureConfig(max_failures=study.max_failures),
+        callbacks=[ParquetSink(study, store), *callbacks],
+        verbose=verbose,
+    )
+    tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=make_scheduler(study),
+                                  num_samples=num_samples, reuse_actors=True)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def _write_spec_copy(study: Study, store: StudyStore) -> None:
+    import yaml
+
+    store.local_dir.mkdir(parents=True, exist_ok=True)
+    tmp = store.local_dir / f".{SPEC_COPY}.tmp"
+    tmp.write_text(yaml.safe_dump(study.source, sort_keys=False))
+    os.replace(tmp, store.local_dir / SPEC_COPY)
+    store.push(SPEC_COPY)
+
+
+def _check_same_spec(study: Study, store: StudyStore) -> None:
+    import yaml
+
+    path = store.local_dir / SPEC_COPY
+    if not path.exists():
+        return
+    if yaml.safe_load(path.read_text()) != study.source:
+        raise ConfigError("spec", f"differs from the one study '{study.name}' was started with "
+                          f"({store.study_path}/{SPEC_COPY}); rerun with --restart to start over, "
+                          "or give the changed study a new name")
+
+
+def report(study: Study, store: StudyStore, grid) -> int:
+    """Print where the results are and how the trials ended; 1 if any trial errored."""
+    import pyarrow.parquet as pq
+
+    trials_file = store.local_dir / "trials.parquet"
+    statuses = Counter(pq.read_table(trials_file, columns=["status"]).column("status").to_pylist()) \
+        if trials_file.exists() else Counter()
+    print(f"study '{study.name}': " + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())))
+    print(f"results: {store.study_path}/epochs/ and {store.study_path}/trials.parquet")
+    if study.kind == "optuna":
+        print(f"optuna: optuna-dashboard {store.journal_path}")
+    errors = [r for r in grid if r.error is not None]
+    for r in errors:
+        print(f"trial errored: {r.path}: {type(r.error).__name__}: {r.error}", file=sys.stderr)
+    return 1 if errors else 0

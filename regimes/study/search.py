@@ -1,0 +1,83 @@
+"""Searchers and schedulers of a study: Optuna through Ray Tune, optional ASHA.
+
+Optuna runs inside Ray's `OptunaSearch`, wrapped in a `ConcurrencyLimiter` so
+that `max_concurrent` trials are asked for and run at the same time. The
+Optuna study lives in a JournalStorage file in the study folder: appended to
+as trials are asked and told, so a resumed sweep continues the same study and
+`optuna-dashboard <study>/optuna.journal` can watch it while it runs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .spec import Study
+
+
+def optuna_storage(journal: Path):
+    """The study's Optuna storage: one journal file (append-only, file-locked)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(journal)))
+
+
+def make_sampler(study: Study):
+    import optuna.samplers as s
+
+    seed = study.sampler_seed
+    if study.sampler == "tpe":
+        return s.TPESampler(seed=seed)
+    if study.sampler == "gp":
+        return s.GPSampler(seed=seed)
+    if study.sampler == "cmaes":
+        return s.CmaEsSampler(seed=seed)
+    if study.sampler == "random":
+        return s.RandomSampler(seed=seed)
+    return s.QMCSampler(seed=seed)
+
+
+def make_searcher(study: Study, journal: Path):
+    """OptunaSearch on the study's journal, limited to `max_concurrent` live trials."""
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    single = not study.multi_objective
+    searcher = OptunaSearch(
+        space={k: d.to_optuna() for k, d in study.space.items()},
+        metric=study.metric[0] if single else list(study.metric),
+        mode=study.mode[0] if single else list(study.mode),
+        sampler=make_sampler(study),
+        study_name=study.name,
+        storage=optuna_storage(journal),
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=study.max_concurrent)
+
+
+def make_scheduler(study: Study):
+    """ASHA on the study's (single) metric, in epochs; None when the spec has no scheduler."""
+    if study.scheduler is None:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    a = study.scheduler
+    return ASHAScheduler(time_attr="epoch", metric=study.metric[0], mode=study.mode[0],
+                         max_t=study.max_epochs(), grace_period=a.grace_period,
+                         reduction_factor=a.reduction_factor, brackets=a.brackets)
+
+
+def fail_stale_trials(study: Study, journal: Path) -> int:
+    """Mark Optuna trials still RUNNING after the sweep as FAIL; returns how many.
+
+    A driver killed between Optuna's `ask` and Tune's next experiment snapshot
+    leaves a trial in the journal that no Tune trial will ever finish.
+    """
+    import optuna
+
+    if not journal.exists():
+        return 0
+    ot = optuna.load_study(study_name=study.name, storage=optuna_storage(journal))
+    stale = ot.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for t in stale:
+        ot.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return len(stale)

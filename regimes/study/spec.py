@@ -1,0 +1,430 @@
+"""Study spec: one YAML file -> a validated `Study`, before Ray starts.
+
+    name: three-regimes-digits
+    base: {dataset: digits, model: convnet_si, width: 16, mode: sphere, epochs: 60}
+    search:
+      kind: grid                       # grid | optuna
+      space: {elr: [1.0e-4, 1.0e-2, 1.0], seed: [0, 1]}
+    resources: {cpu: 1, gpu: 0}
+
+Every key of `base` and `search.space` is a TrainConfig field. Validation goes
+all the way down to config values: a grid builds the TrainConfig of every
+combination; an Optuna space builds the configs at its bounds and choices. Any
+problem raises `ConfigError` whose key is the path in the YAML
+(`search.space.elr.loguniform`) and whose message says what is allowed.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from regimes.config import ConfigError, TrainConfig
+
+KINDS = ("grid", "optuna")
+SAMPLERS = ("tpe", "gp", "cmaes", "random", "qmc")
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+MODES = ("min", "max")
+# Per-epoch record keys an objective may use (the contract's record; techniques add theirs here).
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "si_norm", "elr", "lr",
+           "eff_grad_norm", "angular_update", "time_s", "samples_per_s",
+           "sharpness", "hess_trace", "input_curvature")
+TOP_KEYS = ("name", "description", "base", "search", "scheduler", "resources",
+            "epochs_per_report", "checkpoint_every", "max_failures")
+GRID_KEYS = ("kind", "space", "metric", "mode")
+OPTUNA_KEYS = ("kind", "space", "metric", "mode", "sampler", "num_samples", "max_concurrent", "sampler_seed")
+ASHA_KEYS = ("kind", "grace_period", "reduction_factor", "brackets")
+RESOURCE_KEYS = ("cpu", "gpu")
+MAX_GRID = 100_000            # trials; a bigger grid is almost surely a typo
+MAX_CHECKED_CORNERS = 4096    # Optuna: configs built from the product of bounds/choices
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One Optuna dimension: uniform/loguniform [lo, hi], int [lo, hi] (inclusive), choice [..]."""
+    kind: str
+    values: tuple
+
+    def candidates(self) -> tuple:
+        """The values validation checks: both bounds, or every choice."""
+        return self.values
+
+    def to_optuna(self):
+        import optuna.distributions as od
+
+        if self.kind == "uniform":
+            return od.FloatDistribution(*self.values)
+        if self.kind == "loguniform":
+            return od.FloatDistribution(*self.values, log=True)
+        if self.kind == "int":
+            return od.IntDistribution(*self.values)
+        return od.CategoricalDistribution(list(self.values))
+
+
+@dataclass(frozen=True)
+class Asha:
+    grace_period: int = 5         # epochs before the first cut
+    reduction_factor: float = 3.0
+    brackets: int = 1
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    base: dict
+    kind: str                                   # grid | optuna
+    space: dict                                 # grid: key -> list; optuna: key -> Distribution
+    metric: tuple = ()                          # one entry per objective
+    mode: tuple = ()
+    sampler: str = "tpe"
+    num_samples: int = 1                        # optuna: trials; grid: always 1 pass
+    max_concurrent: int = 2
+    sampler_seed: int | None = None
+    scheduler: Asha | None = None
+    cpu: float = 1.0
+    gpu: float = 0.0
+    epochs_per_report: int = 1
+    checkpoint_every: int = 10                  # epochs between checkpoints (and one at the end)
+    max_failures: int = 3                       # retries per trial from its last checkpoint; -1 = forever
+    description: str = ""
+    source: dict = field(default_factory=dict, compare=False)   # the YAML mapping, as loaded
+
+    # ------------------------------------------------------------------
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metric) > 1
+
+    def grid_points(self) -> Iterator[dict]:
+        """Every combination of a grid space, in the order of the YAML keys."""
+        keys = list(self.space)
+        for combo in itertools.product(*(self.space[k] for k in keys)):
+            yield dict(zip(keys, combo))
+
+    def num_trials(self) -> int:
+        if self.kind == "grid":
+            return math.prod(len(v) for v in self.space.values())
+        return self.num_samples
+
+    def config(self, point: Mapping[str, Any]) -> TrainConfig:
+        """The TrainConfig of one trial: base + the trial's point of the space."""
+        return TrainConfig.from_dict({**self.base, **point})
+
+    def max_epochs(self) -> int:
+        e = self.space.get("epochs")
+        if e is None:
+            return TrainConfig.from_dict(self.base).epochs
+        return int(max(e) if self.kind == "grid" else max(e.values))
+
+    def summary(self) -> str:
+        n = self.num_trials()
+        what = f"grid of {n} trials" if self.kind == "grid" else (
+            f"optuna ({self.sampler}) {n} trials, {self.max_concurrent} at a time, "
+            f"{'/'.join(f'{m} {d}' for m, d in zip(self.metric, self.mode))}")
+        sched = ", ASHA" if self.scheduler else ""
+        return (f"study '{self.name}': {what}{sched}; up to {self.max_epochs()} epochs per trial; "
+                f"per trial cpu={self.cpu:g} gpu={self.gpu:g}")
+
+
+# ---------------------------------------------------------------------------
+def load(path: str | Path) -> Study:
+    """Read and validate a study spec file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(str(path), "no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(str(path), "is a directory; expected a study YAML file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), f"not valid YAML ({e})") from None
+    return from_dict(data)
+
+
+def from_dict(data: Any) -> Study:
+    """Validate a loaded spec mapping; raises ConfigError naming the key path."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("spec", f"expected a mapping with keys {', '.join(TOP_KEYS)}; got {_tname(data)}")
+    _no_unknown(data, TOP_KEYS, "")
+
+    name = data.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError("name", f"required: a folder-safe study name (letters, digits, . _ -), got {name!r}")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError("description", f"expected a string, got {_tname(description)}")
+
+    base = data.get("base", {})
+    if base is None:
+        base = {}
+    if not isinstance(base, Mapping):
+        raise ConfigError("base", f"expected a mapping of TrainConfig fields, got {_tname(base)}")
+    for key in base:
+        _check_field(key, "base")
+    base = dict(base)
+
+    search = data.get("search")
+    if not isinstance(search, Mapping):
+        raise ConfigError("search", "required: a mapping with `kind: grid` or `kind: optuna` and a `space`")
+    kind = search.get("kind")
+    if kind not in KINDS:
+        raise ConfigError("search.kind", f"{kind!r} is not allowed; one of {', '.join(KINDS)}")
+    _no_unknown(search, GRID_KEYS if kind == "grid" else OPTUNA_KEYS, "search",
+                hint="(only for kind: optuna)" if kind == "grid" else "")
+
+    space = search.get("space")
+    if not isinstance(space, Mapping) or not space:
+        raise ConfigError("search.space", "must be a non-empty mapping of TrainConfig fields to "
+                          + ("lists of values" if kind == "grid" else "distributions"))
+    for key in space:
+        _check_field(key, "search.space")
+        if key in base:
+            raise ConfigError(f"search.space.{key}", "is also set in base; set it in one place")
+
+    metric, mode = _objectives(search, required=(kind == "optuna"))
+    kw: dict[str, Any] = dict(name=name, description=description, base=base, kind=kind,
+                              metric=metric, mode=mode, source=dict(data))
+    if kind == "grid":
+        kw["space"] = {k: _grid_axis(k, v) for k, v in space.items()}
+    else:
+        kw["space"] = {k: _distribution(k, v) for k, v in space.items()}
+        kw["sampler"] = search.get("sampler", "tpe")
+        if kw["sampler"] not in SAMPLERS:
+            raise ConfigError("search.sampler", f"{kw['sampler']!r} is not allowed; one of {', '.join(SAMPLERS)}")
+        kw["num_samples"] = _int(search.get("num_samples", 20), "search.num_samples", lo=1)
+        kw["max_concurrent"] = _int(search.get("max_concurrent", 2), "search.max_concurrent", lo=1)
+        if search.get("sampler_seed") is not None:
+            kw["sampler_seed"] = _int(search["sampler_seed"], "search.sampler_seed", lo=0)
+        _check_sampler(kw["sampler"], metric, kw["space"])
+
+    kw["scheduler"] = _scheduler(data.get("scheduler"), metric)
+    kw.update(_resources(data.get("resources", {})))
+    kw["epochs_per_report"] = _int(data.get("epochs_per_report", 1), "epochs_per_report", lo=1)
+    kw["checkpoint_every"] = _int(data.get("checkpoint_every", 10), "checkpoint_every", lo=1)
+    kw["max_failures"] = _int(data.get("max_failures", 3), "max_failures", lo=-1)
+
+    study = Study(**kw)
+    _check_configs(study)
+    if study.scheduler and study.scheduler.grace_period > study.max_epochs():
+        raise ConfigError("scheduler.grace_period", f"{study.scheduler.grace_period} is longer than the "
+                          f"trials ({study.max_epochs()} epochs); allowed: 1 .. {study.max_epochs()}")
+    return study
+
+
+# ---------------------------------------------------------------------------
+def _tname(v) -> str:
+    return "nothing" if v is None else type(v).__name__
+
+
+def _no_unknown(d: Mapping, allowed, where: str, hint: str = ""):
+    for key in d:
+        if key not in allowed:
+            path = f"{where}.{key}" if where else str(key)
+            raise ConfigError(path, f"unknown key{' ' + hint if hint else ''}; allowed: {', '.join(allowed)}")
+
+
+def _check_field(key, where: str):
+    names = TrainConfig.field_names()
+    if key not in names:
+        import difflib
+
+        close = difflib.get_close_matches(str(key), names, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"{where}.{key}", f"not a TrainConfig field{hint}; allowed: {', '.join(sorted(names))}")
+
+
+def _number(v, key: str) -> float:
+    """A YAML number; also accepts strings like '1e-4' (YAML 1.1 reads those as text)."""
+    if isinstance(v, bool):
+        raise ConfigError(key, f"expected a number, got {v!r}")
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            raise ConfigError(key, f"expected a number, got {v!r}") from None
+    if not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(key, f"expected a finite number, got {v!r}")
+    return v
+
+
+def _int(v, key: str, lo: int | None = None) -> int:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(key, f"expected an integer, got {v!r}")
+    if lo is not None and v < lo:
+        raise ConfigError(key, f"{v} is out of range; allowed: >= {lo}")
+    return v
+
+
+def _field_type(key: str):
+    t = TrainConfig.__dataclass_fields__[key].type
+    return {"str": str, "int": int, "float": float, "bool": bool}.get(t, t) if isinstance(t, str) else t
+
+
+def _grid_axis(key: str, values) -> tuple:
+    path = f"search.space.{key}"
+    if isinstance(values, Mapping):
+        raise ConfigError(path, "a grid axis is a list of values; distributions "
+                          f"({', '.join(DISTRIBUTIONS)}) need `kind: optuna`")
+    if not isinstance(values, list):
+        raise ConfigError(path, f"expected a non-empty list of values, got {values!r}; "
+                          "put single values in base")
+    if not values:
+        raise ConfigError(path, "empty list; a grid axis needs at least one value")
+    if len(set(map(repr, values))) != len(values):
+        raise ConfigError(path, f"repeated values in {values!r}; each grid point would run twice")
+    return tuple(values)
+
+
+def _distribution(key: str, spec) -> Distribution:
+    path = f"search.space.{key}"
+    if isinstance(spec, list):
+        raise ConfigError(path, "a list is a grid axis; inside an optuna space write "
+                          f"{{choice: {spec!r}}} or a distribution ({', '.join(DISTRIBUTIONS)})")
+    if not isinstance(spec, Mapping) or len(spec) != 1:
+        raise ConfigError(path, f"expected one distribution, e.g. {{loguniform: [1.0e-4, 1.0]}}; "
+                          f"allowed: {', '.join(DISTRIBUTIONS)}")
+    (kind, args), = spec.items()
+    path = f"{path}.{kind}"
+    if kind not in DISTRIBUTIONS:
+        raise ConfigError(path, f"unknown distribution; allowed: {', '.join(DISTRIBUTIONS)}")
+    if not isinstance(args, list) or not args:
+        raise ConfigError(path, "expected a non-empty list" if kind == "choice" else "expected [low, high]")
+    ftype = _field_type(key)
+    if kind == "choice":
+        if len(set(map(repr, args))) != len(args):
+            raise ConfigError(path, f"repeated choices in {args!r}")
+        return Distribution(kind, tuple(args))
+    if len(args) != 2:
+        raise ConfigError(path, f"expected [low, high], got {args!r}")
+    if ftype not in (int, float):
+        raise ConfigError(path, f"{key} is not numeric; use choice: [...]")
+    if kind == "int":
+        lo, hi = (_int(a, path) for a in args)
+    else:
+        if ftype is int:
+            raise ConfigError(path, f"{key} is an integer field; use int: [low, high] or choice")
+        lo, hi = (float(_number(a, path)) for a in args)
+    if not lo < hi:
+        raise ConfigError(path, f"needs low < high, got [{lo}, {hi}]")
+    if kind == "loguniform" and lo <= 0:
+        raise ConfigError(path, f"needs 0 < low < high, got [{lo}, {hi}]")
+    return Distribution(kind, (lo, hi))
+
+
+def _objectives(search: Mapping, required: bool) -> tuple[tuple, tuple]:
+    metric, mode = search.get("metric"), search.get("mode")
+    if metric is None and mode is None:
+        if required:
+            raise ConfigError("search.metric", f"required for kind: optuna; one of {', '.join(METRICS)} "
+                              "(or a list of them for multi-objective), with `mode`")
+        return (), ()
+    metrics = tuple(metric) if isinstance(metric, list) else (metric,)
+    modes = tuple(mode) if isinstance(mode, list) else (mode,)
+    for i, m in enumerate(metrics):
+        if m not in METRICS:
+            where = "search.metric" + (f"[{i}]" if isinstance(metric, list) else "")
+            raise ConfigError(where, f"{m!r} is not a per-epoch measure; allowed: {', '.join(METRICS)}")
+    for i, m in enumerate(modes):
+        if m not in MODES:
+            where = "search.mode" + (f"[{i}]" if isinstance(mode, list) else "")
+            raise ConfigError(where, f"{m!r} is not allowed; one of min, max (a list for multi-objective)")
+    if len(metrics) != len(modes) or not metrics:
+        raise ConfigError("search.mode", f"needs one mode per metric ({len(metrics)} metrics, {len(modes)} modes)")
+    if len(set(metrics)) != len(metrics):
+        raise ConfigError("search.metric", f"repeated metric in {list(metrics)}")
+    return metrics, modes
+
+
+def _check_sampler(sampler: str, metric: tuple, space: dict):
+    if sampler == "cmaes":
+        if len(metric) > 1:
+            raise ConfigError("search.sampler", "cmaes is single-objective; use tpe, gp, random or qmc "
+                              "for several metrics")
+        try:
+            import cmaes  # noqa: F401  (optuna's CmaEsSampler needs it)
+        except ImportError:
+            raise ConfigError("search.sampler", "cmaes needs the `cmaes` package (pip install cmaes)") from None
+
+
+def _scheduler(spec, metric: tuple) -> Asha | None:
+    if spec is None:
+        return None
+    if spec == "asha":
+        spec = {"kind": "asha"}
+    if not isinstance(spec, Mapping) or spec.get("kind") != "asha":
+        raise ConfigError("scheduler", f"expected `asha` or {{kind: asha, grace_period: .., "
+                          f"reduction_factor: .., brackets: ..}}, got {spec!r}")
+    _no_unknown(spec, ASHA_KEYS, "scheduler")
+    if len(metric) != 1:
+        raise ConfigError("scheduler", "ASHA needs exactly one search.metric and search.mode to rank trials"
+                          + (f" (got {len(metric)})" if metric else ""))
+    a = Asha()
+    rf = float(_number(spec.get("reduction_factor", a.reduction_factor), "scheduler.reduction_factor"))
+    if rf <= 1:
+        raise ConfigError("scheduler.reduction_factor", f"{rf} is out of range; allowed: > 1")
+    return Asha(grace_period=_int(spec.get("grace_period", a.grace_period), "scheduler.grace_period", lo=1),
+                reduction_factor=rf,
+                brackets=_int(spec.get("brackets", a.brackets), "scheduler.brackets", lo=1))
+
+
+def _resources(spec) -> dict:
+    if not isinstance(spec, Mapping):
+        raise ConfigError("resources", f"expected {{cpu: .., gpu: ..}}, got {spec!r}")
+    _no_unknown(spec, RESOURCE_KEYS, "resources")
+    cpu = _number(spec.get("cpu", 1), "resources.cpu")
+    gpu = _number(spec.get("gpu", 0), "resources.gpu")
+    if cpu <= 0:
+        raise ConfigError("resources.cpu", f"{cpu} is out of range; allowed: > 0 (fractions allowed)")
+    if gpu < 0 or (gpu > 1 and not float(gpu).is_integer()):
+        raise ConfigError("resources.gpu", f"{gpu} is not allowed; a fraction in [0, 1] or a whole number")
+    return {"cpu": float(cpu), "gpu": float(gpu)}
+
+
+def _points_to_check(study: Study) -> Iterator[dict]:
+    if study.kind == "grid":
+        yield from study.grid_points()
+        return
+    keys = list(study.space)
+    cands = [study.space[k].candidates() for k in keys]
+    if math.prod(len(c) for c in cands) <= MAX_CHECKED_CORNERS:
+        for combo in itertools.product(*cands):
+            yield dict(zip(keys, combo))
+    else:   # too many corners: vary one dimension at a time around the first candidates
+        first = {k: c[0] for k, c in zip(keys, cands)}
+        for k, c in zip(keys, cands):
+            for v in c:
+                yield {**first, k: v}
+
+
+def _check_configs(study: Study):
+    if study.kind == "grid" and study.num_trials() > MAX_GRID:
+        raise ConfigError("search.space", f"{study.num_trials()} grid points; at most {MAX_GRID} allowed")
+    for point in _points_to_check(study):
+        try:
+            cfg = study.config(point)
+        except ConfigError as e:
+            field_name = e.key.split(".")[0]
+            if field_name in study.space:
+                path = f"search.space.{field_name}"
+                if study.kind == "optuna":
+                    path += f".{study.space[field_name].kind}"
+            elif field_name in study.base:
+                path = f"base.{field_name}"
+            else:
+                path = field_name
+            message = str(e).split(": ", 1)[1]
+            if len(point) > 1 or field_name not in point:
+                message += " (at " + ", ".join(f"{k}={v!r}" for k, v in point.items()) + ")"
+            raise ConfigError(path, message) from None
+        if cfg.device == "cuda" and study.gpu == 0:
+            raise ConfigError("resources.gpu", "0, but base.device is cuda; give each trial a GPU "
+                              "(e.g. gpu: 0.25) or use device: auto")
