@@ -1,0 +1,283 @@
+"""`regimes report <results dir>`: labels, boundaries, figures and report.md of a study.
+
+Writes into <dir>/report/:
+    regimes.parquet, regimes.csv   one row per trial: axes, seed, status, regime, evidence
+    boundaries.csv                 where the regime changes along the main axis (+ seed spread)
+    training_curves*.png/.svg      paper Fig. 1 style, one line per ELR
+    regime_strip.png/.svg          final loss / accuracy vs ELR, regime bands, boundaries
+    phase_diagram_<x>_<y>.png/.svg one per pair (main axis, other axis), if two axes vary
+    report.md                      the figures, the regime table and the boundary table
+and adds `regime` + `regime_*` evidence columns to <dir>/trials.parquet (atomic rewrite).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import regime as R
+from ..config import ConfigError
+from .load import SEED, Study, boundaries, classify, load_study, majority_table
+
+FORMATS = ("png", "svg")
+MAX_CURVE_FIGURES = 6
+MAX_PHASE_FIGURES = 4
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", help="a study's results folder (holding epochs/ and trials.parquet)")
+    p.add_argument("--out", help="where to write the report (default: <results>/report)")
+    p.add_argument("--x", help="phase-diagram x axis (default: the main axis, elr or lr)")
+    p.add_argument("--y", help="phase-diagram y axis (default: every other varying axis)")
+    p.add_argument("--rule", action="append", default=[], metavar="key=value",
+                   help="override a regime threshold (RegimeRules field), e.g. converge_loss=0.005")
+    p.add_argument("--no-annotate", action="store_true", help="no test accuracy in phase-diagram cells")
+    p.add_argument("--no-update-trials", action="store_true",
+                   help="do not add the regime columns to trials.parquet")
+    p.add_argument("--formats", default=",".join(FORMATS), help="figure formats, comma separated (png,svg)")
+
+
+def main(args) -> int:
+    import matplotlib.pyplot as plt
+
+    plt.switch_backend("Agg")
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    for f in formats:
+        if f not in ("png", "svg", "pdf"):
+            raise ConfigError("--formats", f"{f!r} is not allowed; use png, svg or pdf")
+    res = make_report(args.results, out=args.out, x=args.x, y=args.y, rules=parse_rules(args.rule),
+                      annotate=not args.no_annotate, update_trials=not args.no_update_trials,
+                      formats=formats)
+    print(res["summary"])
+    if res["phase_diagrams"]:
+        print(f"phase diagram: {res['phase_diagrams'][0]}")
+    print(f"report: {res['report']}")
+    return 0
+
+
+def parse_rules(tokens) -> R.RegimeRules:
+    known = {f.name: f for f in dataclasses.fields(R.RegimeRules)}
+    changes = {}
+    for tok in tokens or ():
+        if "=" not in tok:
+            raise ConfigError("--rule", f"expected key=value, got {tok!r}")
+        k, v = (s.strip() for s in tok.split("=", 1))
+        if k not in known:
+            raise ConfigError(f"--rule {k}", f"unknown rule; allowed: {', '.join(known)}")
+        typ = int if known[k].type in (int, "int") else float
+        try:
+            changes[k] = typ(v)
+        except ValueError:
+            raise ConfigError(f"--rule {k}", f"expected a number, got {v!r}") from None
+    return R.RegimeRules(**changes)
+
+
+# ---------------------------------------------------------------------------
+def make_report(results, *, out=None, x=None, y=None, rules: R.RegimeRules = R.RegimeRules(),
+                annotate: bool = True, update_trials: bool = True, formats=FORMATS) -> dict:
+    """Everything `regimes report` writes; returns the paths and a text summary."""
+    import matplotlib.pyplot as plt
+
+    from .plots import plot_phase_diagram, plot_regime_strip, plot_training_curves
+
+    study = load_study(results)
+    for flag, a in (("--x", x), ("--y", y)):
+        if a is not None and a not in study.axes:
+            raise ConfigError(flag, f"{a!r} is not a varying axis of this study; axes: "
+                                    f"{', '.join(study.axes) or 'none'}")
+    out = Path(out) if out else study.root / "report"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(str(out), "exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+    labels = classify(study, rules)
+    x = x or study.main_axis
+    bounds = boundaries(study, labels, x)
+    _atomic_parquet(pa.Table.from_pandas(labels, preserve_index=False), out / "regimes.parquet")
+    labels.to_csv(out / "regimes.csv", index=False)
+    bounds.to_csv(out / "boundaries.csv", index=False)
+
+    figures: dict[str, list[Path]] = {"curves": [], "strip": [], "phase": []}
+    notes: list[str] = []
+
+    def save(fig, stem, kind):
+        for f in formats:
+            fig.savefig(out / f"{stem}.{f}", dpi=120)
+        plt.close(fig)
+        figures[kind].append(out / f"{stem}.{formats[0]}")
+
+    # training curves: one figure per setting of the non-main axes (capped)
+    curve_axis = x
+    others = study.other_axes(curve_axis) if curve_axis else []
+    settings = _settings(study.trials, others)
+    if len(settings) > MAX_CURVE_FIGURES:
+        notes.append(f"training curves drawn for the first {MAX_CURVE_FIGURES} of {len(settings)} "
+                     f"settings of {', '.join(others)}")
+    for k, sel in enumerate(settings[:MAX_CURVE_FIGURES]):
+        stem = "training_curves" + (f"_{k + 1}" if len(settings) > 1 else "")
+        save(plot_training_curves(study, labels, select=sel, axis=curve_axis), stem, "curves")
+    missing = [m for m in ("train_acc", "test_acc", "eff_grad_norm", "angular_update") if not study.has_measure(m)]
+    if missing:
+        notes.append(f"measures not recorded in this study: {', '.join(missing)}")
+
+    if x is not None:
+        save(plot_regime_strip(study, labels, bounds, axis=x), "regime_strip", "strip")
+    else:
+        notes.append("no varying axis: no regime strip or phase diagram")
+
+    ys = [y] if y else (study.other_axes(x) if x else [])
+    if x is not None and not ys:
+        notes.append(f"only one axis varies ({x}): no 2-D phase diagram")
+    for yy in ys[:MAX_PHASE_FIGURES]:
+        if yy == x:
+            continue
+        fig = plot_phase_diagram(study, labels, x=x, y=yy, annotate="test_acc" if annotate else None)
+        save(fig, f"phase_diagram_{x}_{yy}", "phase")
+
+    trials_updated = False
+    if update_trials:
+        trials_updated = add_regimes_to_trials(study.root / "trials.parquet", labels)
+        if not trials_updated:
+            notes.append("no trials.parquet yet: regime columns not added to it")
+
+    summary = text_summary(study, labels, bounds, x)
+    report = out / "report.md"
+    report.write_text(_markdown(study, labels, bounds, x, figures, notes, rules, out))
+    return {"out": out, "report": report, "labels": labels, "boundaries": bounds,
+            "figures": [p for v in figures.values() for p in v], "phase_diagrams": figures["phase"],
+            "trials_updated": trials_updated, "summary": summary, "notes": notes}
+
+
+def _settings(trials: pd.DataFrame, axes: list[str]) -> list[dict]:
+    if not axes:
+        return [{}]
+    keys = trials[axes].drop_duplicates().sort_values(axes, kind="stable")
+    return [dict(zip(axes, row)) for row in keys.itertuples(index=False, name=None)]
+
+
+def add_regimes_to_trials(path: Path, labels: pd.DataFrame) -> bool:
+    """Add/replace `regime` and `regime_*` columns of trials.parquet (temp file + os.replace)."""
+    if not path.is_file():
+        return False
+    table = pq.read_table(path)
+    keep = [c for c in table.column_names if not (c == "regime" or c.startswith("regime_"))]
+    base = table.select(keep).to_pandas()
+    base["trial_id"] = base["trial_id"].astype(str)
+    cols = ["trial_id"] + [c for c in labels.columns if c == "regime" or c.startswith("regime_")]
+    merged = base.merge(labels[cols], on="trial_id", how="left")
+    _atomic_parquet(pa.Table.from_pandas(merged, preserve_index=False), path)
+    return True
+
+
+def _atomic_parquet(table: pa.Table, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.3g}"
+    return str(v)
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_none_\n"
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False, name=None):
+        lines.append("| " + " | ".join(_fmt(v).replace("|", "/") for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def regime_table(study: Study, labels: pd.DataFrame, x: str | None) -> pd.DataFrame:
+    axes = [a for a in study.axes if a in labels]
+    if not axes:
+        lab, share = R.majority(labels["regime"].tolist())
+        return pd.DataFrame([{"regime": lab, "agreement": share, "n": len(labels)}])
+    t = majority_table(labels, axes)
+    return t[axes + ["regime", "agreement", "n", "counts"]]
+
+
+def boundary_table(bounds: pd.DataFrame) -> pd.DataFrame:
+    if bounds.empty:
+        return bounds
+    keep = [c for c in bounds.columns if c not in ("lower", "upper", "bracket_lo", "bracket_hi", "axis")]
+    t = bounds[keep].copy()
+    t.insert(len(keep) - 2, "seeds", t["n_seeds"].astype(str) + "/" + t["n_seeds_total"].astype(str))
+    return t.drop(columns=["n_seeds", "n_seeds_total"])
+
+
+def text_summary(study: Study, labels: pd.DataFrame, bounds: pd.DataFrame, x: str | None) -> str:
+    counts = labels["regime"].value_counts()
+    lines = [f"{study.name}: {len(labels)} trials, axes {', '.join(study.axes) or 'none'}, "
+             f"{len(study.seeds)} seed(s)",
+             "regimes: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in R.LABELS)]
+    rt = regime_table(study, labels, x)
+    lines.append(rt.drop(columns=["counts"], errors="ignore").to_string(index=False))
+    if bounds.empty:
+        lines.append("boundaries: none found")
+    else:
+        lines.append(f"boundaries along {x}:")
+        lines.append(boundary_table(bounds).to_string(index=False))
+    return "\n".join(lines)
+
+
+def _markdown(study, labels, bounds, x, figures, notes, rules, out: Path) -> str:
+    rel = lambda p: os.path.relpath(p, out)
+    counts = labels["regime"].value_counts()
+    md = [f"# Regime report: {study.name}", "",
+          f"Results folder: `{study.root}`; {len(labels)} trials; axes: "
+          f"{', '.join(f'`{a}`' for a in study.axes) or 'none'}; seeds: {len(study.seeds)}.", "",
+          "Regimes (Kodryan et al. 2022): **convergence** (train loss -> 0), **chaotic equilibrium** "
+          "(loss and effective gradient norm stable at a nonzero level, accuracy above chance), "
+          "**divergence** (chance accuracy, loss ~ ln C, or NaN/inf), **unresolved** (still trending "
+          "at the end: train longer).", "",
+          "| regime | trials |", "|---|---|"]
+    md += [f"| {k} | {counts.get(k, 0)} |" for k in R.LABELS]
+    md += ["", "## Boundaries", ""]
+    if x:
+        md += [f"Where the regime changes along `{x}`: per seed the geometric midpoint of the two "
+               "neighbouring grid points with different labels (unresolved points stepped over); "
+               "`value` is the geometric mean over seeds, `lo`/`hi` the range, `log10_spread` the "
+               "standard deviation of log10 over seeds.", ""]
+    md.append(_md_table(boundary_table(bounds)))
+    for kind, title, text in (
+            ("phase", "Phase diagrams", "Cell colour: majority regime over seeds; hatched cells with "
+             "`k/n`: seeds disagree; number: mean final test accuracy; black lines: boundaries along the "
+             "x axis for each row (error bars: range over seeds)."),
+            ("strip", "Regimes along the main axis", "Dots: one trial each, coloured by its regime; "
+             "shaded bands: majority regime; vertical lines: boundaries (grey band: spread over seeds)."),
+            ("curves", "Training curves", "As the paper's Figure 1: one line per value of the main "
+             "axis, first seed; legend gives each run's regime.")):
+        if figures[kind]:
+            md += [f"## {title}", "", text, ""]
+            md += [f"![{p.stem}]({rel(p)})" for p in figures[kind]]
+            md.append("")
+    md += ["## Regime per setting", "", _md_table(regime_table(study, labels, x))]
+    if notes:
+        md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    md += ["## Rules used", "", "```", *(f"{k} = {v}" for k, v in rules.to_dict().items()), "```", "",
+           "Per-trial labels with evidence: `regimes.csv` / `regimes.parquet`; boundaries: `boundaries.csv`.",
+           ""]
+    return "\n".join(md)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
