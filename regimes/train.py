@@ -22,8 +22,8 @@ Modes (DESIGN.md, "Training on the sphere"):
 
 The step loop is short and branch-free: what varies with the mode is composed
 into `self._after_step` and the per-step rate arrays before the loop starts.
-Rates come from a precomputed per-step array (`rates(cfg, total_steps)`), so
-schedules plug in without touching the loop.
+Rates come from a precomputed per-step array (regimes.optim.schedules), so the
+loop never branches on the schedule.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from .config import ConfigError, TrainConfig
 from .data import Data, augment, load_data
 from .models import build_model
+from .optim.schedules import schedule_values
 from .params import Role, find_roles
 
 _MEASURES = ("train_loss", "train_acc", "test_loss", "test_acc", "si_norm", "elr", "lr", "eff_grad_norm",
@@ -60,10 +61,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def rates(cfg: TrainConfig, total_steps: int) -> torch.Tensor:
-    """The per-step base rate (ELR in sphere mode, lr in free mode), float64 on the CPU."""
-    base = cfg.elr if cfg.mode == "sphere" else cfg.lr
-    return torch.full((total_steps,), base, dtype=torch.float64)
 
 
 class Trainer:
@@ -84,7 +81,8 @@ class Trainer:
                               "use mode=free or a *_si / *_si_af model")
         self.rho0 = _norm(self.si_params).item() if self.si_params else 0.0
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)  # data order + augmentation
-        self.rate = rates(cfg, cfg.epochs * self.steps_per_epoch)
+        # per-step base rate (ELR in sphere mode, lr in free mode), precomputed
+        self.rate = schedule_values(cfg, cfg.epochs * self.steps_per_epoch, self.steps_per_epoch)
         self.optimizer, self._lr_of_group = self._build_optimizer()
         self._after_step: list[Callable[[], None]] = []
         if cfg.mode == "sphere":
