@@ -23,6 +23,8 @@ MODEL_VARIANTS = ("", "_si", "_si_af", "_lcnn")
 MODELS = tuple(b + v for b in BASE_MODELS for v in MODEL_VARIANTS)
 MODES = ("sphere", "free")
 DEVICES = ("auto", "cpu", "cuda")
+GNORM_SCALINGS = ("per_sample", "seed")     # must match regimes.penalties
+LIPSCHITZ_BN_MODES = ("normalise", "clip")
 SCHEDULES = ("constant", "step", "linear", "cosine", "exponential", "two_phase", "piecewise")
 
 
@@ -76,9 +78,54 @@ class TrainConfig:
                           "-1 = same lr as the SI params (elr * rho0^2)", min=0.0, allow=(-1.0,))
     epochs: int = _f(30, "number of epochs", min=1)
     seed: int = _f(0, "seed of init, data order and augmentation", min=0)
+    # --- rate schedule (regimes/optim/schedules.py): drives elr (sphere) or lr (free) ---
+    schedule: str = _f("constant", "per-step rate schedule", choices=SCHEDULES)
+    elr_final: float = _f(0.0, "sphere mode: final ELR of linear/cosine/exponential/two_phase", min=0.0)
+    lr_final: float = _f(0.0, "free mode: final lr of linear/cosine/exponential/two_phase", min=0.0)
+    milestones: list = _f([0.5, 0.75], "step: fractions of training at which the rate is multiplied "
+                          "by step_factor")
+    step_factor: float = _f(0.1, "step: factor applied at each milestone", min=0.0, min_open=True)
+    switch_frac: float = _f(0.5, "two_phase: fraction of training run at elr, the rest at elr_final",
+                            min=0.0, max=1.0)
+    knots: list = _f([], "piecewise: [[fraction, rate], ...]; log-rate interpolated between knots")
+    warmup_epochs: float = _f(0.0, "linear warm-up from 0 over this many epochs (any schedule)", min=0.0)
     # --- measures -------------------------------------------------------
     train_eval_every: int = _f(1, "epochs between full-train-set passes (train_loss/acc); "
                                "the last epoch is always measured", min=1)
+    # === techniques (issue 5): LCNN, late-phase, SWA, ENorm, curvature measures ===
+    # All off by default; each is composed before the step loop (regimes/train.py).
+    # --- LCNN (Srinivas et al. 2022); the layers exist in *_lcnn models only ---
+    beta_coef: float = _f(0.0, "LCNN: coefficient of sum(beta) over centered-softplus layers", min=0.0)
+    gamma_coef: float = _f(0.0, "LCNN: coefficient of sum|log gamma| over Lipschitz-BN layers", min=0.0)
+    gnorm_coef: float = _f(0.0, "gradient-norm penalty coefficient (double backprop; any model)", min=0.0)
+    gnorm_scaling: str = _f("per_sample", "per_sample: coef * mean_i ||dl_i/dx_i||^2 (B-independent, "
+                            "default); seed: coef * 1e5/B * ||d CE/dx||^2 (the reference code; ~1/B^2)",
+                            choices=GNORM_SCALINGS)
+    softplus_beta: float = _f(5.0, "*_lcnn: initial beta of every centered softplus", min=0.01, min_open=True)
+    lipschitz_bn: bool = _f(True, "*_lcnn: gamma-Lipschitz BN (else plain affine BN)")
+    lipschitz_bn_mode: str = _f("normalise", "normalise: BN Lipschitz constant = gamma; clip: <= gamma",
+                                choices=LIPSCHITZ_BN_MODES)
+    spectral_norm: bool = _f(True, "*_lcnn: divide each conv by the spectral norm of its true operator")
+    spectral_warm_iters: int = _f(10, "*_lcnn: power iterations at the first forward (then 1 per step)", min=1)
+    # --- late-phase weights (von Oswald et al. 2021) ---------------------------
+    late_phase_k: int = _f(1, "late-phase members K (BN params + stats + head); 1 = off", min=1)
+    late_phase_start: int = _f(1, "epoch T0 (1-based) at which the K members are created", min=1)
+    late_phase_noise: float = _f(0.0, "std of the Gaussian added to members > 0 at T0", min=0.0)
+    late_phase_reduce: str = _f("sum", "shared weights step with the sum (seed) or mean of K gradients",
+                                choices=("sum", "mean"))
+    swa_start: int = _f(0, "SWA: average the weights every epoch from this epoch on (0 = off)", min=0)
+    # --- ENorm (Stock et al. 2019) ----------------------------------------------
+    enorm_c: float = _f(0.0, "ENorm asymmetry c (0 = off; 1 = plain L2 balance)", min=0.0)
+    enorm_every: int = _f(1, "ENorm: one balancing cycle every N optimiser steps", min=1)
+    # --- curvature measures (cost: benchmarks/measure_cost.py) -------------------
+    sharpness_every: int = _f(0, "epochs between sharpness measures (0 = never; last epoch included)", min=0)
+    sharpness_iters: int = _f(20, "Lanczos iterations (Hessian-vector products) for sharpness", min=1)
+    hess_trace_every: int = _f(0, "epochs between Hutchinson trace measures (0 = never)", min=0)
+    hess_trace_samples: int = _f(10, "Rademacher probes for the Hutchinson trace", min=1)
+    input_curvature_every: int = _f(0, "epochs between input-curvature measures (0 = never)", min=0)
+    input_curvature_iters: int = _f(10, "power iterations for input curvature", min=1)
+    curvature_subset: int = _f(1000, "fixed training examples (first N, seed-independent) for the "
+                               "curvature measures", min=1)
     # --- runtime --------------------------------------------------------
     device: str = _f("auto", "auto picks cuda when available", choices=DEVICES)
 
@@ -94,6 +141,24 @@ class TrainConfig:
         base = self.model.split("_")[0]
         if base == "resnet18" and self.depth != 4:
             raise ConfigError("depth", "resnet18* models have a fixed depth; leave depth at 4")
+        from .optim import schedules
+
+        schedules.check(self)
+        self._check_techniques()
+
+    def _check_techniques(self):
+        lcnn = self.model.endswith("_lcnn")
+        if self.beta_coef > 0 and not lcnn:
+            raise ConfigError("beta_coef", f"needs a *_lcnn model (centered softplus); model is {self.model}")
+        if self.gamma_coef > 0 and not (lcnn and self.lipschitz_bn):
+            raise ConfigError("gamma_coef", "needs a *_lcnn model with lipschitz_bn=true")
+        if self.enorm_c > 0 and lcnn:
+            raise ConfigError("enorm_c", "ENorm needs positively homogeneous activations (ReLU); "
+                              "*_lcnn models use softplus")
+        if self.late_phase_k > 1 and self.late_phase_start > self.epochs:
+            raise ConfigError("late_phase_start", f"{self.late_phase_start} is after the last epoch ({self.epochs})")
+        if self.swa_start > self.epochs:
+            raise ConfigError("swa_start", f"{self.swa_start} is after the last epoch ({self.epochs})")
 
     # ------------------------------------------------------------------
     @classmethod
