@@ -72,7 +72,7 @@ _EMPTY = (frozenset(), 0)
 
 
 def find_roles(model: nn.Module) -> ParamRoles:
-    gm = fx.symbolic_trace(model)
+    gm = trace(model)
     modules = dict(gm.named_modules())
     state: dict[fx.Node, tuple[frozenset, int]] = {}
     closed: list[frozenset] = []
@@ -90,7 +90,7 @@ def find_roles(model: nn.Module) -> ParamRoles:
         elif node.op == "call_module":
             m = modules[node.target]
             own = [f"{node.target}.{n}" for n, p in m.named_parameters(recurse=False)]
-            if isinstance(m, _NORM_MODULES):
+            if _is_norm(m):
                 if inp[0]:
                     closed.append(inp[0])
                 out = _EMPTY  # affine parameters make it non-homogeneous; they are BN_AFFINE
@@ -139,13 +139,34 @@ def find_roles(model: nn.Module) -> ParamRoles:
         owner = modules.get(name.rsplit(".", 1)[0]) if "." in name else model
         if name in si:
             roles[name] = Role.SCALE_INVARIANT
-        elif isinstance(owner, _NORM_MODULES):
+        elif _is_norm(owner):
             roles[name] = Role.BN_AFFINE
         elif name in head_names and name in tainted:
             roles[name] = Role.HEAD
         else:
             roles[name] = Role.OTHER
     return ParamRoles(roles, si_groups)
+
+
+class _LeafTracer(fx.Tracer):
+    """Also keeps modules that declare `fx_leaf = True` (the LCNN layers, whose forward
+    has Python control flow on shapes) as single call_module nodes."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return getattr(type(m), "fx_leaf", False) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """torch.fx trace of `model` with the LCNN layers as leaves."""
+    tracer = _LeafTracer()
+    graph = tracer.trace(model)
+    return fx.GraphModule(tracer.root, graph, model.__class__.__name__)
+
+
+def _is_norm(m) -> bool:
+    # `normalizes_input`: the module's output is invariant to the scale of its input
+    # (regimes.models.lcnn.LipschitzBatchNorm2d)
+    return isinstance(m, _NORM_MODULES) or getattr(type(m), "normalizes_input", False)
 
 
 def _merge(sets: list[frozenset]) -> list[frozenset]:

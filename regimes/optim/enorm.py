@@ -119,7 +119,9 @@ def _is_flatten_shape(node) -> bool:
 def find_pairs(model: nn.Module, *, skip_head: bool = True, through_bn: bool = True) -> list[Pair]:
     """Adjacent (conv|linear, conv|linear) pairs of a feed-forward graph, in order."""
     try:
-        gm = torch.fx.symbolic_trace(model)
+        from regimes.params import trace  # fx trace that keeps LCNN layers as leaves
+
+        gm = trace(model)
     except Exception as e:  # data-dependent control flow, ...
         raise ValueError(f"ENorm needs an fx-traceable model: {e}") from None
     modules = dict(gm.named_modules())
