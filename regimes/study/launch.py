@@ -78,7 +78,8 @@ def run_study(study: Study, store: StudyStore | str = "results", *, address: str
 
     if isinstance(store, str):
         store = StudyStore(store, study.name)
-    # The Parquet sink is the record: no per-trial CSV/JSON/TensorBoard copies from Tune.
+    # The Parquet sink is the record: Tune keeps only its result.json per trial (no CSV/TensorBoard
+    # copies, which would also choke on the list of records in each report).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if restart:
@@ -116,6 +117,7 @@ def run_study(study: Study, store: StudyStore | str = "results", *, address: str
 
 def _new_tuner(study, store, trainable, verbose, callbacks, make_searcher, make_scheduler, ParquetSink):
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     if study.kind == "grid":
         param_space = {k: tune.grid_search(list(v)) for k, v in study.space.items()}
@@ -128,7 +130,7 @@ def _new_tuner(study, store, trainable, verbose, callbacks, make_searcher, make_
         # Only the latest checkpoint is ever resumed from; keeping 2 halves Tune's forced snapshots.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=study.max_failures),
-        callbacks=[ParquetSink(study, store), *callbacks],
+        callbacks=[ParquetSink(study, store), JsonLoggerCallback(), *callbacks],
         verbose=verbose,
     )
     tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=make_scheduler(study),

@@ -15,6 +15,7 @@ a number.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -27,6 +28,7 @@ from regimes.train import Trainer
 from .spec import Study
 
 CHECKPOINT_FILE = "trainer.pt"
+LAST_RECORD_FILE = "last_record.json"   # the record the checkpoint was taken after
 RECORDS_KEY = "records"          # list of epoch records in one report (the Parquet rows)
 WORST = 1e9                      # stand-in for a non-finite objective that is neither a loss nor an accuracy
 
@@ -53,30 +55,41 @@ def run_trial(config: dict, study: Study) -> None:
     os.chdir(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd()))
     cfg = study.config(config)
     trainer = Trainer(cfg)
-    restored_from = 0
+    restored_from, last_rec = 0, None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer.restore(os.path.join(d, CHECKPOINT_FILE))
+            with open(os.path.join(d, LAST_RECORD_FILE)) as fh:
+                last_rec = json.load(fh)
         restored_from = trainer.epoch
 
-    host = socket.gethostname()
+    def report(rec: dict, records: list[dict], save: bool) -> None:
+        metrics = {**rec, RECORDS_KEY: records, "restored_from_epoch": restored_from,
+                   "trial_host": socket.gethostname(), "trial_device": str(trainer.device)}
+        for m, mode in zip(study.metric, study.mode):
+            metrics[m] = finite_objective(m, rec.get(m), rec["num_classes"], mode)
+        if not save:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            trainer.save(os.path.join(d, CHECKPOINT_FILE))
+            with open(os.path.join(d, LAST_RECORD_FILE), "w") as fh:
+                json.dump(rec, fh)      # NaN/inf allowed: Python's json writes them
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    if last_rec is not None and (last_rec["diverged"] or last_rec["epoch"] >= cfg.epochs):
+        # Restored from the final checkpoint (the driver died before Tune saw the trial end):
+        # nothing left to train; say the last word again so Tune and the searcher get it.
+        report(last_rec, [last_rec], save=False)
+        return
+
     pending: list[dict] = []
     for rec in trainer.run():
         pending.append(rec)
         epoch = rec["epoch"]
         last = rec["diverged"] or epoch >= cfg.epochs
         save = last or epoch % study.checkpoint_every == 0
-        if not (save or epoch % study.epochs_per_report == 0):
-            continue
-        metrics = {**rec, RECORDS_KEY: pending, "restored_from_epoch": restored_from,
-                   "trial_host": host, "trial_device": str(trainer.device)}
-        for m, mode in zip(study.metric, study.mode):
-            metrics[m] = finite_objective(m, rec.get(m), rec["num_classes"], mode)
-        if save:
-            with tempfile.TemporaryDirectory() as d:
-                trainer.save(os.path.join(d, CHECKPOINT_FILE))
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-        else:
-            tune.report(metrics)
-        pending = []
+        if save or epoch % study.epochs_per_report == 0:
+            report(rec, pending, save)
+            pending = []
