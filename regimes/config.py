@@ -105,6 +105,8 @@ class TrainConfig:
     lipschitz_bn: bool = _f(True, "*_lcnn: gamma-Lipschitz BN (else plain affine BN)")
     lipschitz_bn_mode: str = _f("normalise", "normalise: BN Lipschitz constant = gamma; clip: <= gamma",
                                 choices=LIPSCHITZ_BN_MODES)
+    lipschitz_bn_gamma: float = _f(4.0, "*_lcnn: initial Lipschitz bound gamma of every Lipschitz BN "
+                                   "(learnable; |log gamma| penalised by gamma_coef)", min=0.0, min_open=True)
     spectral_norm: bool = _f(True, "*_lcnn: divide each conv by the spectral norm of its true operator")
     spectral_warm_iters: int = _f(10, "*_lcnn: power iterations at the first forward (then 1 per step)", min=1)
     # --- late-phase weights (von Oswald et al. 2021) ---------------------------

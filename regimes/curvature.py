@@ -122,7 +122,7 @@ def sharpness(model: nn.Module, inputs: Tensor, targets: Tensor, *, iters: int =
     """
     if method not in ("lanczos", "power"):
         raise ValueError(f"method must be 'lanczos' or 'power', got {method!r}")
-    with preserved(model, bn_mode):
+    with preserved(model, bn_mode), torch.enable_grad():  # callers may be under no_grad
         ps = _params(model, params)
         hvp = _hvp_operator(model, inputs, targets, ps, loss_fn, chunk_size)
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -176,7 +176,7 @@ def hess_trace(model: nn.Module, inputs: Tensor, targets: Tensor, *, samples: in
     Unbiased; its variance is 2 * sum_{i != j} H_ij^2 / samples (exact for a
     diagonal Hessian).
     """
-    with preserved(model, bn_mode):
+    with preserved(model, bn_mode), torch.enable_grad():  # callers may be under no_grad
         ps = _params(model, params)
         hvp = _hvp_operator(model, inputs, targets, ps, loss_fn, chunk_size)
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -205,7 +205,7 @@ def input_curvature(model: nn.Module, inputs: Tensor, targets: Tensor, *, iters:
     `eps` guards samples whose gradient is exactly zero.
     """
     ratios = []
-    with preserved(model, "eval"):
+    with preserved(model, "eval"), torch.enable_grad():
         gen = torch.Generator(device="cpu").manual_seed(seed)
         for x, y in _chunks(inputs, targets, chunk_size):
             x = x.detach().clone().requires_grad_(True)

@@ -85,7 +85,7 @@ def make_objective(penalty: LCNNPenalty, model: nn.Module) -> Objective:
     """Compose the loss once, before the step loop: no branches per step.
 
     The returned objective(model, x, y) -> (loss, logits, stats); `stats` holds
-    detached 0-dim tensors (no host sync): ce, and for each active term its
+    detached 0-dim tensors (no host sync): for each active term its
     value as added to the loss (beta_penalty, gamma_penalty, gnorm_penalty) and
     input_grad_sq = mean_i ||dl_i/dx_i||^2 (the per_sample G) when gnorm is on.
     """
@@ -109,7 +109,7 @@ def make_objective(penalty: LCNNPenalty, model: nn.Module) -> Objective:
         logits = model(x)
         ce = F.cross_entropy(logits, y)
         loss = ce
-        stats = {"ce": ce.detach()}
+        stats = {}
         if gcoef:
             # double backprop: the penalty's gradient flows through d CE/dx
             (gx,) = torch.autograd.grad(ce, x, create_graph=True)

@@ -27,6 +27,7 @@ loop never branches on the schedule.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Callable, Iterator
@@ -40,6 +41,9 @@ from .data import Data, augment, load_data
 from .models import build_model
 from .optim.schedules import schedule_values
 from .params import Role, find_roles
+from .models.lcnn import no_decay_params
+from .penalties import plain_objective
+from .techniques import compose as compose_techniques
 
 _MEASURES = ("train_loss", "train_acc", "test_loss", "test_acc", "si_norm", "elr", "lr", "eff_grad_norm",
              "angular_update", "time_s", "samples_per_s")
@@ -87,6 +91,15 @@ class Trainer:
         self._after_step: list[Callable[[], None]] = []
         if cfg.mode == "sphere":
             self._after_step.append(self._project)
+        # composition points for the techniques (regimes/techniques.py fills them)
+        self._objective = plain_objective                    # (model, x, y) -> (loss, logits, stats)
+        self._before_step: list[Callable[[], None]] = [self._zero_grad]
+        self._optimizer_step: Callable[[], None] = self.optimizer.step
+        self._epoch_start: list[Callable[[int], None]] = []  # called with the 1-based epoch
+        self._epoch_end: list[Callable[[int], None]] = []
+        self._epoch_measures: list[Callable[[dict], None]] = []
+        self._eval_context = contextlib.nullcontext
+        self.techniques = compose_techniques(self)
         self.epoch = 0
         self.step = 0
         self.elapsed = 0.0
@@ -97,6 +110,9 @@ class Trainer:
         si_ids = {id(p) for p in self.si_params}
         others = [p for p in self.model.parameters() if p.requires_grad and id(p) not in si_ids]
         groups, lr_of_group = [], []
+        no_decay = {id(p) for p in no_decay_params(self.model)}  # LCNN beta, gamma: never decayed
+        others_nd = [p for p in others if id(p) in no_decay]
+        others = [p for p in others if id(p) not in no_decay]
         if cfg.mode == "sphere":
             scale = self.rho0 ** 2  # lr = elr * rho0^2 turns the ELR into a step at radius rho0
             groups.append({"params": self.si_params, "weight_decay": 0.0})
@@ -105,13 +121,19 @@ class Trainer:
                 groups.append({"params": others, "weight_decay": cfg.wd})
                 fixed = cfg.noninv_lr
                 lr_of_group.append((lambda r: r * scale) if fixed == -1 else (lambda r: fixed))
-            elif others:
-                for p in others:  # noninv_lr = 0: frozen
+                if others_nd:
+                    groups.append({"params": others_nd, "weight_decay": 0.0})
+                    lr_of_group.append(lr_of_group[-1])
+            elif others or others_nd:
+                for p in others + others_nd:  # noninv_lr = 0: frozen
                     p.requires_grad_(False)
         else:
             params = self.si_params + others
             groups.append({"params": params, "weight_decay": cfg.wd})
             lr_of_group.append(lambda r: r)
+            if others_nd:
+                groups.append({"params": others_nd, "weight_decay": 0.0})
+                lr_of_group.append(lambda r: r)
         for g in groups:
             g["lr"] = 0.0
         opt = torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum)
@@ -132,6 +154,9 @@ class Trainer:
         torch._foreach_copy_(prev, [p.detach() for p in self.si_params])
         return angle
 
+    def _zero_grad(self):
+        self.optimizer.zero_grad(set_to_none=True)
+
     @torch.no_grad()
     def _project(self):
         """Rescale all SI weights jointly back to norm rho0 (the sphere)."""
@@ -143,12 +168,15 @@ class Trainer:
         B = cfg.batch_size
         while self.epoch < cfg.epochs:
             t0 = time.perf_counter()
+            for hook in self._epoch_start:
+                hook(self.epoch + 1)
             self.model.train()
             perm = torch.randperm(len(data.x_train), generator=self.gen).to(self.device)
             loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
             egn_sum = torch.zeros_like(loss_sum)
             angle_sum = torch.zeros_like(loss_sum)
             prev = [p.detach().clone() for p in self.si_params]  # SI weights before the step
+            stat_sums: dict[str, torch.Tensor] = {}  # technique stats (penalty terms), on the device
             for i in range(self.steps_per_epoch):
                 idx = perm[i * B:(i + 1) * B]
                 x = augment(data.x_train[idx], data.crop_pad, data.flip, self.gen)
@@ -156,20 +184,26 @@ class Trainer:
                 r = float(self.rate[self.step])
                 for g, lr_of in zip(self.optimizer.param_groups, self._lr_of_group):
                     g["lr"] = lr_of(r)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(self.model(x), y)
+                for hook in self._before_step:  # zero_grad (late-phase: member swap + partial zeroing)
+                    hook()
+                loss, _, stats = self._objective(self.model, x, y)
                 loss.backward()
                 egn_sum += self._eff_grad_norm()
-                self.optimizer.step()
+                self._optimizer_step()
                 for hook in self._after_step:
                     hook()
+                for k, v in stats.items():
+                    stat_sums[k] = stat_sums.get(k, 0.0) + v.double()
                 angle_sum += self._angular_update(prev)
                 loss_sum += loss.detach().double()
                 self.step += 1
             train_time = time.perf_counter() - t0
             self.epoch += 1
+            for hook in self._epoch_end:
+                hook(self.epoch)
             # ---- measures: host syncs happen here, once per epoch ----
             rec = self._measure(loss_sum, egn_sum, angle_sum, train_time)
+            rec.update({k: (v / self.steps_per_epoch).item() for k, v in stat_sums.items()})
             self.elapsed += time.perf_counter() - t0
             rec["time_s"] = self.elapsed
             yield rec
@@ -199,10 +233,13 @@ class Trainer:
         if diverged:
             rec["train_loss"] = mean_loss
             return rec
-        if self.epoch % cfg.train_eval_every == 0 or self.epoch == cfg.epochs:
-            rec["train_loss"], rec["train_acc"] = self.evaluate_train()
-        rec["test_loss"], rec["test_acc"] = self.evaluate_test()
-        if not (math.isfinite(rec["test_loss"]) and math.isfinite(si_norm)) or (
+        with self._eval_context():  # late-phase: the members' averaged layer outputs
+            if self.epoch % cfg.train_eval_every == 0 or self.epoch == cfg.epochs:
+                rec["train_loss"], rec["train_acc"] = self.evaluate_train()
+            rec["test_loss"], rec["test_acc"] = self.evaluate_test()
+        for measure in self._epoch_measures:  # technique measures (NaN when not due)
+            measure(rec)
+        if not (math.isfinite(rec["test_loss"]) and (math.isfinite(si_norm) or not self.si_params)) or (
                 rec["train_loss"] == rec["train_loss"] and not math.isfinite(rec["train_loss"])):
             rec["diverged"] = True
         return rec
@@ -246,7 +283,8 @@ class Trainer:
     def state_dict(self) -> dict:
         return {"config": self.cfg.to_dict(), "epoch": self.epoch, "step": self.step, "rho0": self.rho0,
                 "elapsed": self.elapsed, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "generator": self.gen.get_state()}
+                "optimizer": self.optimizer.state_dict(), "generator": self.gen.get_state(),
+                "techniques": self.techniques.state_dict()}
 
     def load_state_dict(self, sd: dict) -> None:
         if sd["config"] != self.cfg.to_dict():
@@ -255,6 +293,7 @@ class Trainer:
         self.model.load_state_dict(sd["model"])
         self.optimizer.load_state_dict(sd["optimizer"])
         self.gen.set_state(sd["generator"])
+        self.techniques.load_state_dict(sd.get("techniques", {}))
         self.epoch, self.step, self.rho0, self.elapsed = sd["epoch"], sd["step"], sd["rho0"], sd["elapsed"]
 
     def save(self, path) -> None:

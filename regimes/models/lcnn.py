@@ -201,8 +201,8 @@ def lcnn_activation(beta: float = 5.0) -> nn.Module:
     return CenteredSoftplus(beta)
 
 
-def lcnn_norm(num_features: int, lipschitz: bool = True, mode: str = "normalise") -> nn.Module:
-    return LipschitzBatchNorm2d(num_features, mode=mode) if lipschitz else nn.BatchNorm2d(num_features)
+def lcnn_norm(num_features: int, lipschitz: bool = True, mode: str = "normalise", gamma: float = 1.0) -> nn.Module:
+    return LipschitzBatchNorm2d(num_features, mode=mode, gamma=gamma) if lipschitz else nn.BatchNorm2d(num_features)
 
 
 def lcnn_conv(in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -240,7 +240,8 @@ def _conv_factory(cfg):
 def _norm_factory(cfg):
     lipschitz = getattr(cfg, "lipschitz_bn", True)
     mode = getattr(cfg, "lipschitz_bn_mode", "normalise")
-    return lambda ch: lcnn_norm(ch, lipschitz=lipschitz, mode=mode)
+    gamma = getattr(cfg, "lipschitz_bn_gamma", 1.0)
+    return lambda ch: lcnn_norm(ch, lipschitz=lipschitz, mode=mode, gamma=gamma)
 
 
 def build_convnet_lcnn(cfg, in_ch: int, num_classes: int, size: int) -> nn.Module:

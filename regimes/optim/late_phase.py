@@ -120,14 +120,22 @@ class LatePhase:
 
     # --- one minibatch ------------------------------------------------------------
     def before_step(self) -> None:
-        """Put member t mod K into the model (call before the forward pass)."""
+        """Before the forward pass: put member t mod K into the model and clear the
+        gradients it must not see (all of them at the start of a cycle; otherwise only
+        the late-phase ones, so the shared gradients keep accumulating)."""
         k = self.t % self.k
         if k != self.active:
             self._save()
             self._load(k)
+        if k == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            for _, _, p in self.params:
+                p.grad = None
 
     def optimizer_step(self) -> None:
-        """After backward: members step every minibatch, shared weights every K-th."""
+        """After backward: members step every minibatch, shared weights every K-th.
+        Gradients are left in place (cleared by the next before_step)."""
         last_of_cycle = (self.t + 1) % self.k == 0
         if last_of_cycle:
             if self.reduce == "mean" and self.k > 1:
@@ -135,7 +143,6 @@ class LatePhase:
                     if p.grad is not None:
                         p.grad.div_(self.k)
             self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
         else:
             stash = [p.grad for p in self.shared]
             for p in self.shared:
@@ -143,8 +150,6 @@ class LatePhase:
             self.optimizer.step()
             for p, g in zip(self.shared, stash):
                 p.grad = g
-            for _, _, p in self.params:
-                p.grad = None
         self.t += 1
 
     @property
