@@ -1,0 +1,335 @@
+"""Study layer without a running Ray: spec validation, cluster.yaml, sink, storage mirror."""
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from regimes.config import ConfigError
+from regimes.study import spec
+from regimes.study.storage import StudyStore
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
+TINY = {"dataset": "digits", "model": "convnet_si", "width": 4, "subset": 128, "batch_size": 32,
+        "augment": False, "epochs": 3, "device": "cpu"}
+
+
+def grid(space, **top):
+    return {"name": "t", "base": dict(TINY), "search": {"kind": "grid", "space": space}, **top}
+
+
+def optuna(space, **search):
+    return {"name": "t", "base": dict(TINY),
+            "search": {"kind": "optuna", "metric": "test_loss", "mode": "min", "space": space, **search}}
+
+
+# --- shipped files -------------------------------------------------------------
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_every_shipped_study_validates(path):
+    study = spec.load(path)
+    assert study.num_trials() >= 1
+    assert path.stem.replace("_", "-") == study.name     # file name and study name agree
+
+
+def test_required_studies_are_shipped():
+    names = {p.name for p in STUDIES}
+    assert {"demo_digits.yaml", "three_regimes_cifar10.yaml", "lr_wd_phase_cifar10.yaml",
+            "elr_momentum_phase_cifar10.yaml", "optuna_elr_wd_cifar10.yaml"} <= names
+
+
+def test_demo_study_is_a_small_cpu_elr_grid():
+    study = spec.load(ROOT / "studies" / "demo_digits.yaml")
+    cfg = study.config(next(study.grid_points()))
+    assert (cfg.dataset, cfg.mode, study.gpu) == ("digits", "sphere", 0.0)
+    elrs = study.space["elr"]
+    assert min(elrs) <= 1e-4 and max(elrs) >= 1.0 and len(study.space["seed"]) >= 2
+    assert study.num_trials() * cfg.epochs <= 400        # minutes on 2 cores
+
+
+def test_figure1_study_matches_the_paper_setup():
+    study = spec.load(ROOT / "studies" / "three_regimes_cifar10.yaml")
+    cfg = study.config(next(study.grid_points()))
+    assert (cfg.model, cfg.width, cfg.dataset, cfg.mode, cfg.augment, cfg.epochs) == \
+        ("convnet_si", 32, "cifar10", "sphere", False, 1000)
+    assert min(study.space["elr"]) <= 1e-5 and max(study.space["elr"]) > 1e-1
+    assert study.gpu == 0.25 and len(study.space["seed"]) >= 2
+
+
+def _cluster():
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+
+
+def test_cluster_yaml_passes_rays_validator():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = _cluster()
+    cfg = prepare_config(copy.deepcopy(raw))
+    validate_config(cfg)
+    assert cfg["provider"]["type"] == "aws"
+    head = cfg["available_node_types"][cfg["head_node_type"]]["node_config"]["InstanceType"]
+    workers = [t for n, t in cfg["available_node_types"].items() if n != cfg["head_node_type"]]
+    assert not head.startswith(("g", "p"))                                   # CPU head
+    assert all(w["node_config"]["InstanceType"].startswith(("g", "p")) for w in workers)  # GPU workers
+    assert all(w["min_workers"] == 0 and w["max_workers"] > 0 for w in workers)         # autoscaling
+    assert any("pip install" in c and "regimes" in c for c in raw["setup_commands"])      # installs us
+    assert "CHANGE" in (ROOT / "cluster.yaml").read_text()
+
+
+def test_rays_validator_rejects_a_broken_cluster_yaml():
+    """The test above is only worth something if the validator catches mistakes."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = _cluster()
+    raw["head_node_type"] = "no.such.type"
+    with pytest.raises(ValueError):
+        validate_config(prepare_config(raw))
+
+
+# --- bad specs ------------------------------------------------------------------
+BAD = [
+    ("unknown top key", grid({"elr": [0.1]}, epoch=3), "epoch", "unknown key"),
+    ("no name", {"search": {"kind": "grid", "space": {"elr": [0.1]}}}, "name", "required"),
+    ("bad name", {**grid({"elr": [0.1]}), "name": "a/b"}, "name", "folder-safe"),
+    ("unknown kind", {"name": "t", "search": {"kind": "random", "space": {"elr": [0.1]}}}, "search.kind", "grid, optuna"),
+    ("unknown base key", {**grid({"elr": [0.1]}), "base": {"widht": 4}}, "base.widht", "did you mean width"),
+    ("unknown space key", grid({"elrr": [0.1]}), "search.space.elrr", "not a TrainConfig field"),
+    ("empty space", grid({}), "search.space", "non-empty"),
+    ("empty axis", grid({"elr": []}), "search.space.elr", "empty list"),
+    ("scalar axis", grid({"elr": 0.1}), "search.space.elr", "list of values"),
+    ("distribution in a grid", grid({"elr": {"loguniform": [1e-3, 1]}}), "search.space.elr", "kind: optuna"),
+    ("grid inside optuna", optuna({"elr": [1e-3, 1e-2]}), "search.space.elr", "grid axis"),
+    ("optuna keys in a grid", {**grid({"elr": [0.1]}), "search": {"kind": "grid", "space": {"elr": [0.1]},
+                                                                   "num_samples": 3}},
+     "search.num_samples", "only for kind: optuna"),
+    ("value out of range", grid({"elr": [0.1, -1.0]}), "search.space.elr", "out of range"),
+    ("wrong type", grid({"depth": [4, "deep"]}), "search.space.depth", "expected an integer"),
+    ("bad choice", grid({"mode": ["sphere", "flat"]}), "search.space.mode", "one of"),
+    ("bad base value", {**grid({"elr": [0.1]}), "base": {**TINY, "momentum": 1.5}}, "base.momentum", "out of range"),
+    ("key in base and space", {**grid({"elr": [0.1]}), "base": {**TINY, "elr": 0.1}}, "search.space.elr",
+     "also set in base"),
+    ("loguniform at zero", optuna({"elr": {"loguniform": [0.0, 1.0]}}), "search.space.elr.loguniform", "0 < low"),
+    ("bounds reversed", optuna({"wd": {"uniform": [1e-2, 1e-4]}}), "search.space.wd.uniform", "low < high"),
+    ("upper bound invalid", optuna({"momentum": {"uniform": [0.5, 1.0]}}), "search.space.momentum.uniform",
+     "out of range"),
+    ("float dist on int field", optuna({"depth": {"uniform": [2, 4]}}), "search.space.depth.uniform",
+     "integer field"),
+    ("unknown distribution", optuna({"elr": {"normal": [0, 1]}}), "search.space.elr.normal", "uniform, loguniform"),
+    ("empty choice", optuna({"seed": {"choice": []}}), "search.space.seed.choice", "non-empty"),
+    ("bad choice value", optuna({"schedule": {"choice": ["constant", "warp"]}}), "search.space.schedule.choice",
+     "one of"),
+    ("optuna without metric", {**optuna({"elr": {"loguniform": [1e-3, 1]}}),
+                               "search": {"kind": "optuna", "space": {"elr": {"loguniform": [1e-3, 1]}}}},
+     "search.metric", "required"),
+    ("unknown metric", optuna({"elr": {"loguniform": [1e-3, 1]}}, metric="accuracy"), "search.metric",
+     "test_acc"),
+    ("modes do not match metrics", optuna({"elr": {"loguniform": [1e-3, 1]}}, metric=["test_loss", "test_acc"],
+                                          mode="min"), "search.mode", "one mode per metric"),
+    ("bad sampler", optuna({"elr": {"loguniform": [1e-3, 1]}}, sampler="grid"), "search.sampler", "tpe, gp"),
+    ("zero concurrency", optuna({"elr": {"loguniform": [1e-3, 1]}}, max_concurrent=0), "search.max_concurrent",
+     ">= 1"),
+    ("asha on several metrics", {**optuna({"elr": {"loguniform": [1e-3, 1]}}, metric=["test_loss", "test_acc"],
+                                          mode=["min", "max"]), "scheduler": "asha"}, "scheduler", "exactly one"),
+    ("asha grace too long", {**optuna({"elr": {"loguniform": [1e-3, 1]}}),
+                             "scheduler": {"kind": "asha", "grace_period": 50}}, "scheduler.grace_period",
+     "longer than"),
+    ("unknown scheduler", {**grid({"elr": [0.1]}), "scheduler": "pbt"}, "scheduler", "asha"),
+    ("bad resources key", grid({"elr": [0.1]}, resources={"gpus": 1}), "resources.gpus", "unknown key"),
+    ("negative gpu", grid({"elr": [0.1]}, resources={"gpu": -1}), "resources.gpu", "fraction"),
+    ("cuda without a gpu", {**grid({"elr": [0.1]}), "base": {**TINY, "device": "cuda"}}, "resources.gpu",
+     "device is cuda"),
+    ("checkpoint_every zero", grid({"elr": [0.1]}, checkpoint_every=0), "checkpoint_every", ">= 1"),
+    ("max_failures not int", grid({"elr": [0.1]}, max_failures="3x"), "max_failures", "integer"),
+]
+
+
+@pytest.mark.parametrize("data,key,fragment", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_spec_names_the_key_and_what_is_allowed(data, key, fragment):
+    with pytest.raises(ConfigError) as e:
+        spec.from_dict(data)
+    assert e.value.key == key
+    assert fragment in str(e.value)
+
+
+def test_every_grid_combination_is_checked():
+    # each value is fine alone; only resnet18 with depth 3 is invalid
+    data = {**grid({"model": ["convnet_si", "resnet18_si"], "depth": [3, 4]}),
+            "base": {k: v for k, v in TINY.items() if k != "model"}}
+    with pytest.raises(ConfigError) as e:
+        spec.from_dict(data)
+    assert e.value.key == "search.space.depth"
+    assert "model='resnet18_si'" in str(e.value) and "depth=3" in str(e.value)
+    spec.from_dict({**data, "search": {"kind": "grid", "space": {"model": ["convnet_si", "resnet18_si"],
+                                                                 "depth": [4]}}})   # the fix passes
+
+
+def test_yaml_1_1_exponents_without_a_dot_are_numbers(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("name: t\nbase: {dataset: digits}\nsearch:\n  kind: optuna\n  metric: test_loss\n"
+                 "  mode: min\n  space: {elr: {loguniform: [1e-4, 1e-1]}}\n")
+    study = spec.load(p)
+    assert study.space["elr"].values == (1e-4, 1e-1)
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        spec.load(tmp_path / "nope.yaml")
+    (tmp_path / "b.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        spec.load(tmp_path / "b.yaml")
+
+
+def test_grid_points_and_optuna_distributions():
+    s = spec.from_dict(grid({"elr": [0.1, 0.2, 0.3], "seed": [0, 1]}))
+    pts = list(s.grid_points())
+    assert s.num_trials() == len(pts) == 6 and len({tuple(p.items()) for p in pts}) == 6
+    assert s.config(pts[-1]).elr == 0.3 and s.config(pts[-1]).seed == 1 and s.config(pts[-1]).width == 4
+
+    import optuna.distributions as od
+
+    o = spec.from_dict(optuna({"elr": {"loguniform": [1e-3, 1.0]}, "depth": {"int": [2, 4]},
+                               "momentum": {"uniform": [0.0, 0.9]}, "seed": {"choice": [0, 1]}},
+                              metric=["test_loss", "test_acc"], mode=["min", "max"], sampler="qmc"))
+    d = {k: v.to_optuna() for k, v in o.space.items()}
+    assert d["elr"] == od.FloatDistribution(1e-3, 1.0, log=True)
+    assert d["depth"] == od.IntDistribution(2, 4)
+    assert d["momentum"] == od.FloatDistribution(0.0, 0.9)
+    assert d["seed"] == od.CategoricalDistribution([0, 1])
+    assert o.multi_objective and o.metric == ("test_loss", "test_acc")
+
+
+def test_samplers_and_searcher_build(tmp_path):
+    from optuna.samplers import GPSampler, QMCSampler, RandomSampler, TPESampler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from regimes.study.search import make_sampler, make_scheduler, make_searcher
+
+    space = {"elr": {"loguniform": [1e-3, 1.0]}}
+    for name, cls in [("tpe", TPESampler), ("gp", GPSampler), ("random", RandomSampler), ("qmc", QMCSampler)]:
+        assert isinstance(make_sampler(spec.from_dict(optuna(space, sampler=name))), cls)
+    s = spec.from_dict({**optuna(space, max_concurrent=3), "scheduler": {"kind": "asha", "grace_period": 2}})
+    lim = make_searcher(s, tmp_path / "optuna.journal")
+    assert isinstance(lim, ConcurrencyLimiter) and lim.max_concurrent == 3
+    asha = make_scheduler(s)
+    assert asha._time_attr == "epoch" and asha._max_t == 3 and asha._metric == "test_loss"
+
+
+def test_validate_cli_exit_codes(tmp_path, capsys):
+    from regimes.cli import main
+
+    assert main(["validate", str(ROOT / "studies" / "demo_digits.yaml")]) == 0
+    assert "demo-digits" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(grid({"elr": [0.1, 0.0]})))
+    assert main(["validate", str(bad)]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: search.space.elr: 0.0 is out of range")
+    assert main(["sweep", str(bad), "--storage", str(tmp_path / "r")]) == 2   # before Ray starts
+    assert not (tmp_path / "r").exists()
+
+
+def test_validate_command_exits_2_from_the_shell(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(optuna({"elr": [1e-3, 1e-2]})))
+    p = subprocess.run([sys.executable, "-m", "regimes.cli", "validate", str(bad)], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert "error: search.space.elr: a list is a grid axis" in p.stderr
+
+
+# --- trainable's stand-in objective --------------------------------------------
+def test_finite_objective_of_a_diverged_trial():
+    from regimes.study.trainable import finite_objective
+
+    assert finite_objective("test_loss", float("nan"), 10, "min") == pytest.approx(math.log(10))
+    assert finite_objective("train_acc", float("inf"), 100, "max") == pytest.approx(0.01)
+    assert finite_objective("eff_grad_norm", float("nan"), 10, "min") > 1e8
+    assert finite_objective("eff_grad_norm", None, 10, "max") < -1e8
+    assert finite_objective("test_loss", 0.25, 10, "min") == 0.25
+
+
+# --- sink, driven by hand ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def records():
+    from regimes import TrainConfig, train
+
+    return list(train(TrainConfig.from_dict({**TINY, "epochs": 4, "elr": 0.01})))
+
+
+def _trial(tid, status="RUNNING"):
+    return SimpleNamespace(trial_id=tid, config={"elr": 0.01}, status=status, num_failures=0)
+
+
+def test_sink_is_idempotent_across_retries_and_driver_restarts(tmp_path, records):
+    from regimes.study.sink import ParquetSink
+
+    s = spec.from_dict({**grid({"elr": [0.01]}), "base": {**TINY, "epochs": 4}})
+    store = StudyStore(str(tmp_path), s.name)
+    t = _trial("a_00000")
+    sink = ParquetSink(s, store)
+    sink.on_trial_start(0, [t], t)
+    sink.on_trial_result(0, [t], t, {"records": records[:3]})                # epochs 1-3
+    sink.on_trial_result(0, [t], t, {"records": records[2:3]})               # retried from a ckpt at 2
+    f = sink.epoch_file("a_00000")
+    assert [r["epoch"] for r in pq.read_table(f).to_pylist()] == [1, 2, 3]
+
+    resumed = ParquetSink(s, store)              # a new driver: memory empty, rows on disk
+    resumed.on_trial_result(0, [t], t, {"records": records[3:4]})
+    rows = pq.read_table(f).to_pylist()
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [r["test_acc"] for r in rows] == [r["test_acc"] for r in records]  # the reloaded rows are intact
+    assert all(r["cfg_elr"] == 0.01 and r["width"] == 4 and r["study"] == "t" for r in rows)
+    assert "trial_id" not in rows[0]                                         # comes from the hive path
+
+    t.status = "TERMINATED"
+    resumed.on_trial_complete(0, [t], t)
+    (row,) = pq.read_table(tmp_path / "t" / "trials.parquet").to_pylist()
+    assert (row["trial_id"], row["status"], row["epochs_done"]) == ("a_00000", "completed", 4)
+    assert row["final_test_acc"] == records[-1]["test_acc"]
+    assert row["ray_version"] and row["optuna_version"] and row["git_commit"]
+
+
+def test_trial_status_rules(records):
+    from regimes import TrainConfig
+    from regimes.study.sink import trial_status
+
+    cfg = TrainConfig.from_dict({**TINY, "epochs": 4})
+    assert trial_status("TERMINATED", records, cfg) == "completed"
+    assert trial_status("TERMINATED", records[:2], cfg) == "stopped"       # early-stopped by ASHA
+    assert trial_status("TERMINATED", [*records[:1], {**records[1], "diverged": True}], cfg) == "diverged"
+    assert trial_status("ERROR", records[:2], cfg) == "errored"
+    assert trial_status("RUNNING", records[:2], cfg) == "running"
+
+
+def test_uri_storage_mirrors_our_files(tmp_path):
+    remote = tmp_path / "bucket"
+    store = StudyStore(f"file://{remote}", "s")
+    assert store.remote and not str(store.local_dir).startswith(str(remote))
+    store.delete_all()
+    (store.local_dir / "epochs" / "trial_id=x").mkdir(parents=True)
+    (store.local_dir / "epochs" / "trial_id=x" / "data.parquet").write_bytes(b"rows")
+    (store.local_dir / "trials.parquet").write_bytes(b"trials")
+    store.push("epochs/trial_id=x/data.parquet")
+    store.push("trials.parquet")
+    assert (remote / "s" / "epochs" / "trial_id=x" / "data.parquet").read_bytes() == b"rows"
+    import shutil
+
+    shutil.rmtree(store.local_dir)
+    store.pull()                                                             # resume on another machine
+    assert (store.local_dir / "trials.parquet").read_bytes() == b"trials"
+    assert (store.local_dir / "epochs" / "trial_id=x" / "data.parquet").read_bytes() == b"rows"
+    store.delete_all()
+    assert not (remote / "s").exists()
+
+
+def test_storage_that_is_a_file_is_refused(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("")
+    with pytest.raises(ConfigError) as e:
+        StudyStore(str(f), "s")
+    assert e.value.key == "--storage"
