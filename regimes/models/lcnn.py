@@ -5,7 +5,9 @@
   s'(x) = sigmoid(b x) in (0, 1) (1-Lipschitz), s'' <= b / 4 (curvature bounded
   by b), and |s(x) - relu(x)| <= ln 2 / b, so b -> inf recovers ReLU.
 * `LipschitzBatchNorm2d`: BN whose Lipschitz constant is bounded by a learnable
-  scalar gamma = exp(log_gamma) (init 1). The affine BN map is
+  scalar gamma = exp(log_gamma) (module init 1; TrainConfig.lipschitz_bn_gamma = 4,
+  because a stack of 1-Lipschitz layers with softplus slope 1/2 at 0 shrinks the
+  signal ~3x per stage and does not train). The affine BN map is
   y_i = a_i (x_i - mu_i) + bias_i with a_i = w_i / sqrt(var_i + eps), whose
   Lipschitz constant is max_i |a_i|. We rescale all channels jointly,
   a <- a * gamma / max_i |a_i| ("normalise", default: Lipschitz constant exactly
