@@ -31,7 +31,11 @@ MODES = ("min", "max")
 # Per-epoch record keys an objective may use (the contract's record; techniques add theirs here).
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "si_norm", "elr", "lr",
            "eff_grad_norm", "angular_update", "time_s", "samples_per_s",
-           "sharpness", "hess_trace", "input_curvature")
+           "sharpness", "hess_trace", "input_curvature_mean", "input_curvature_std",
+           # techniques (regimes/techniques.py)
+           "test_acc_ensemble", "test_loss_ensemble", "test_acc_swa", "test_loss_swa",
+           "beta_mean", "beta_max", "gamma_mean", "gnorm_penalty", "input_grad_sq",
+           "beta_penalty", "gamma_penalty", "weight_l2", "enorm_objective")
 TOP_KEYS = ("name", "description", "base", "search", "scheduler", "resources",
             "epochs_per_report", "checkpoint_every", "max_failures")
 GRID_KEYS = ("kind", "space", "metric", "mode")
