@@ -12,13 +12,15 @@
 * SWA: average at the end of every epoch >= swa_start          -> trainer._epoch_end
 * per-epoch measures of every active technique                 -> trainer._epoch_measures
 
+With late-phase weights, `eff_grad_norm` is read after each backward, i.e. from
+the shared gradient accumulated so far in the current K-cycle.
+
 The step loop itself never tests a config flag. Everything stateful here is
 part of the Trainer checkpoint (`state_dict`).
 """
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -188,6 +190,3 @@ class Techniques:
 def compose(trainer: "Trainer") -> Techniques:
     return Techniques(trainer)
 
-
-def finite_or_nan(x: float) -> float:
-    return x if math.isfinite(x) else NAN
