@@ -241,11 +241,15 @@ def label_from_evidence(ev: dict[str, Any], rules: RegimeRules = RegimeRules()) 
     # divergence: random guesser -- chance accuracy, loss ~ln C, not decreasing.
     if at_ln_c and not loss_falling and (near_chance or not has_acc):
         return DIVERGENCE, (f"accuracy {ev['acc_final']:.3f} near chance {ev['chance']:.3f}, "
-                            f"loss {loss:.3g} ~ ln C = {ev['ln_c']:.3g} and not decreasing")
+                            f"loss {loss:.3g} >= {rules.diverge_loss_frac} ln C = "
+                            f"{rules.diverge_loss_frac * ev['ln_c']:.3g} and not decreasing")
 
     # chaotic equilibrium: loss and G_t flat at a nonzero level, acc above chance.
     if loss_stable and grad_stable and (above_chance or (not has_acc and not at_ln_c)):
-        return CHAOTIC, (f"train loss stable at {loss:.3g} ({dloss:+.2f}/window), "
+        noisy = abs(dloss) >= rules.stable_loss_change      # large but not significant
+        change = (f"{dloss:+.2f}/window, within noise: |t| = {abs(ev['loss_trend_t']):.1f} < {rules.trend_t}"
+                  if noisy else f"{dloss:+.2f}/window")
+        return CHAOTIC, (f"train loss stable at {loss:.3g} ({change}), "
                          f"eff. grad norm stable, accuracy {ev['acc_final']:.3f} above chance")
 
     trend = []

@@ -65,6 +65,8 @@ def write_study(root: Path, trials: list[dict], *, epochs=24, name="fixture", dr
         spec = dict(spec)
         truth = spec.pop("regime")
         cfg = TrainConfig.from_dict({"dataset": "digits", "epochs": epochs, **spec}).to_dict()
+        # list fields as results.py stores them (their text)
+        cfg = {f: str(v) if isinstance(v, list) else v for f, v in cfg.items()}
         tid = f"t{k:03d}"
         tr = trajectory(truth, epochs, rng)
         n = epochs
@@ -184,6 +186,18 @@ def test_boundaries_recovered_within_grid_resolution(grid_study):
     assert row["log10_spread"] > 0
 
 
+def test_list_valued_config_columns_do_not_break_axis_discovery(tmp_path):
+    from regimes.analysis import load_study
+
+    root = tmp_path / "lists"
+    write_study(root, [{"elr": e, "regime": true_regime(e, 0)} for e in ELRS[:3]])
+    t = pq.read_table(root / "trials.parquet").to_pandas()
+    t["milestones"] = [[0.5, 0.75], [0.5, 0.75], [0.3]]       # a real list column
+    pq.write_table(pa.Table.from_pandas(t, preserve_index=False), root / "trials.parquet")
+    st = load_study(root)
+    assert st.axes == ["elr", "milestones"]
+
+
 def test_bad_paths_raise_config_error(tmp_path):
     from regimes.analysis import load_study
     from regimes.config import ConfigError
@@ -256,6 +270,7 @@ def test_report_degrades_one_axis_one_seed_missing_measures(tmp_path, capsys):
                 drop=("angular_update", "test_acc"), train_eval_every=3)
     assert _cli(root) == 0
     rep = root / "report"
+    assert f"phase diagram (1-D, one axis varies): {rep / 'regime_strip.png'}" in capsys.readouterr().out
     assert (rep / "training_curves.png").is_file() and (rep / "regime_strip.png").is_file()
     assert not list(rep.glob("phase_diagram*"))
     md = (rep / "report.md").read_text()
@@ -334,3 +349,34 @@ def test_notebook_runs_headless(name, n_figures, grid_study, tmp_path, monkeypat
     text = " ".join(str(o.get("data", {}).get("text/plain", "")) + str(o.get("text", ""))
                     for c in nb.cells for o in c.get("outputs", []))
     assert "chaotic_equilibrium" in text      # the tables came out too
+
+
+# ----------------------------------------------------------------- a real (tiny) study
+def test_report_on_a_tiny_real_digits_study(tmp_path, capsys):
+    """The core trains two ELRs on digits; results.py writes the layout; the report reads it."""
+    from regimes import TrainConfig, results, train
+
+    root = tmp_path / "real"
+    rows = []
+    for elr in (1e-2, 30.0):
+        cfg = TrainConfig.from_dict(dict(dataset="digits", model="convnet_si", width=4, batch_size=128,
+                                         augment=False, epochs=3, device="cpu", elr=elr, seed=0))
+        recs = list(train(cfg))
+        tid = f"elr={elr:g}"
+        results.write_trial_epochs(root, tid, results.epoch_rows(cfg, recs, "tiny"))
+        rows.append(results.trial_summary(cfg, recs, "tiny", tid,
+                                          "diverged" if recs[-1]["diverged"] else "completed"))
+    results.write_trials(root, rows)
+
+    assert _cli(root) == 0
+    rep = root / "report"
+    for f in ("regimes.csv", "boundaries.csv", "report.md", "training_curves.png", "training_curves.svg",
+              "regime_strip.png", "regime_strip.svg"):
+        assert (rep / f).is_file(), f
+    labels = pd.read_csv(rep / "regimes.csv").set_index("trial_id")
+    assert set(labels["regime"]) <= set(R.LABELS)
+    assert list(labels.index) == ["elr=0.01", "elr=30"]
+    # the evidence is the trajectory's own numbers: accuracy over chance falls at a huge ELR
+    assert labels.loc["elr=0.01", "regime_acc_over_chance"] > labels.loc["elr=30", "regime_acc_over_chance"]
+    trials = pq.read_table(root / "trials.parquet").to_pandas()
+    assert trials["regime"].notna().all() and "git_commit" in trials

@@ -85,7 +85,7 @@ def load_study(path) -> Study:
 
     epochs = _read_epochs(epochs_dir) if epochs_dir.is_dir() else pd.DataFrame({"trial_id": [], "epoch": []})
     trials = _read_trials(trials_file) if trials_file.is_file() else None
-    trials = _complete_trials(trials, epochs)
+    trials = _hashable(_complete_trials(trials, epochs))
     if trials.empty:
         raise _bad(path, "results folder holds no trials yet")
     axes, main = discover_axes(trials)
@@ -147,6 +147,14 @@ def _complete_trials(trials: pd.DataFrame | None, epochs: pd.DataFrame) -> pd.Da
     if extra.empty:
         return trials.reset_index(drop=True)
     return pd.concat([trials, extra], ignore_index=True)
+
+
+def _hashable(df: pd.DataFrame) -> pd.DataFrame:
+    """List-valued config fields (e.g. schedule knots) as their text, so they compare and group."""
+    for c in df.columns:
+        if df[c].dtype == object and df[c].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
+            df[c] = df[c].map(lambda v: str(list(v)) if isinstance(v, (list, tuple, np.ndarray)) else v)
+    return df
 
 
 def discover_axes(trials: pd.DataFrame) -> tuple[list[str], str | None]:

@@ -59,6 +59,8 @@ def main(args) -> int:
     print(res["summary"])
     if res["phase_diagrams"]:
         print(f"phase diagram: {res['phase_diagrams'][0]}")
+    elif res["strips"]:
+        print(f"phase diagram (1-D, one axis varies): {res['strips'][0]}")
     print(f"report: {res['report']}")
     return 0
 
@@ -152,7 +154,7 @@ def make_report(results, *, out=None, x=None, y=None, rules: R.RegimeRules = R.R
     report = out / "report.md"
     report.write_text(_markdown(study, labels, bounds, x, figures, notes, rules, out))
     return {"out": out, "report": report, "labels": labels, "boundaries": bounds,
-            "figures": [p for v in figures.values() for p in v], "phase_diagrams": figures["phase"],
+            "figures": [p for v in figures.values() for p in v], "phase_diagrams": figures["phase"], "strips": figures["strip"],
             "trials_updated": trials_updated, "summary": summary, "notes": notes}
 
 
