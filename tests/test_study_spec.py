@@ -333,3 +333,26 @@ def test_storage_that_is_a_file_is_refused(tmp_path):
     with pytest.raises(ConfigError) as e:
         StudyStore(str(f), "s")
     assert e.value.key == "--storage"
+
+
+def test_optuna_searcher_restored_from_an_older_snapshot_keeps_finished_trials(tmp_path):
+    """The driver died after Optuna's journal recorded a trial's end but before Tune's
+    snapshot did: the restored searcher sees that trial report again and must not fail."""
+    import optuna as ot
+
+    from regimes.study.search import make_searcher, optuna_storage
+
+    s = spec.from_dict(optuna({"elr": {"loguniform": [1e-3, 1.0]}}))
+    journal = tmp_path / "optuna.journal"
+    first = make_searcher(s, journal).searcher
+    first.suggest("t1")
+    first.save(str(tmp_path / "snapshot.pkl"))                        # Tune's (older) snapshot
+    first.on_trial_result("t1", {"test_loss": 0.5, "training_iteration": 3})
+    first.on_trial_complete("t1", {"test_loss": 0.5, "training_iteration": 3})
+
+    restored = make_searcher(s, journal).searcher
+    restored.restore(str(tmp_path / "snapshot.pkl"))
+    restored.on_trial_result("t1", {"test_loss": 0.5, "training_iteration": 3})   # would raise without the fix
+    restored.on_trial_complete("t1", {"test_loss": 0.5, "training_iteration": 3})
+    (t,) = ot.load_study(study_name="t", storage=optuna_storage(journal)).trials
+    assert t.state == ot.trial.TrialState.COMPLETE and t.value == 0.5

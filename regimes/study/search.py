@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from optuna.exceptions import UpdateFinishedTrialError
+from ray.tune.search.optuna import OptunaSearch
+
 from .spec import Study
 
 
@@ -37,13 +40,28 @@ def make_sampler(study: Study):
     return s.QMCSampler(seed=seed)
 
 
+class ResumableOptunaSearch(OptunaSearch):
+    """OptunaSearch that tolerates results for trials the journal already closed.
+
+    The journal is written at once when a trial is told; Tune's experiment
+    snapshot may be older. After a driver crash in between, Tune restarts that
+    trial (from its final checkpoint) and it reports again: Optuna keeps the
+    value it already has instead of failing the whole study.
+    """
+
+    def on_trial_result(self, trial_id, result):
+        try:
+            super().on_trial_result(trial_id, result)
+        except UpdateFinishedTrialError:
+            self._completed_trials.add(trial_id)
+
+
 def make_searcher(study: Study, journal: Path):
     """OptunaSearch on the study's journal, limited to `max_concurrent` live trials."""
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     single = not study.multi_objective
-    searcher = OptunaSearch(
+    searcher = ResumableOptunaSearch(
         space={k: d.to_optuna() for k, d in study.space.items()},
         metric=study.metric[0] if single else list(study.metric),
         mode=study.mode[0] if single else list(study.mode),
