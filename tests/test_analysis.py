@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -301,6 +299,29 @@ def test_free_mode_uses_lr_and_epochs_only_study(tmp_path):
     assert not (root / "trials.parquet").exists()
 
 
+def test_off_grid_three_axis_study(tmp_path):
+    """Optuna-like sampling (no grid) over elr and wd, plus a third axis: scatter, no crash."""
+    from regimes.analysis import classify, load_study, plot_phase_diagram
+
+    rng = np.random.default_rng(3)
+    specs = []
+    for k in range(12):
+        e = float(10 ** rng.uniform(-4, 0))
+        specs.append({"elr": e, "wd": float(10 ** rng.uniform(-5, -2)), "momentum": [0.0, 0.5][k % 2],
+                      "regime": true_regime(e, 0)})
+    root = tmp_path / "optuna"
+    write_study(root, specs)
+    st = load_study(root)
+    assert st.axes == ["elr", "wd", "momentum"]
+    fig = plot_phase_diagram(st, classify(st), x="elr", y="wd", select={})
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 12       # one dot per trial
+    assert _cli(root, "--formats", "png") == 0
+    assert (root / "report" / "phase_diagram_elr_wd.png").is_file()
+    assert (root / "report" / "phase_diagram_elr_momentum.png").is_file()
+
+
 def test_phase_diagram_marks_disagreement(grid_study):
     import matplotlib.pyplot as plt
 
@@ -352,6 +373,7 @@ def test_notebook_runs_headless(name, n_figures, grid_study, tmp_path, monkeypat
 
 
 # ----------------------------------------------------------------- a real (tiny) study
+@pytest.mark.slow
 def test_report_on_a_tiny_real_digits_study(tmp_path, capsys):
     """The core trains two ELRs on digits; results.py writes the layout; the report reads it."""
     from regimes import TrainConfig, results, train

@@ -184,7 +184,9 @@ def plot_regime_strip(study: Study, labels: pd.DataFrame | None = None, bounds: 
     df[axis] = pd.to_numeric(df[axis], errors="coerce")
     others = study.other_axes(axis)
     settings = (list(df[others].drop_duplicates().sort_values(others).itertuples(index=False, name=None))
-                if others else [()])[:max_rows]
+                if others else [()])
+    if len(settings) > max_rows:          # many settings (or a sampled study): one row of every trial
+        others, settings, bounds = [], [()], bounds.iloc[0:0]
     xs_all = np.sort(df[axis].dropna().unique())
     log = is_log_axis(xs_all)
     fig, axes = plt.subplots(len(settings), 2, figsize=(10, 2.9 * len(settings) + 0.6), squeeze=False)
@@ -268,8 +270,9 @@ def plot_phase_diagram(study: Study, labels: pd.DataFrame | None = None, *, x: s
     ys = np.sort(df[y].dropna().unique())
     xlog, ylog = is_log_axis(xs), is_log_axis(ys)
     title = f"{study.name}: phase diagram" + (f" ({_title_suffix(select)})" if select else "")
-    if len(xs) > max_grid or len(ys) > max_grid:
-        return _phase_scatter(df, x, y, xlog, ylog, title)
+    filled = len(df[[x, y]].drop_duplicates())
+    if len(xs) > max_grid or len(ys) > max_grid or len(xs) * len(ys) >= 2 * filled:
+        return _phase_scatter(df, x, y, xlog, ylog, title)    # sampled, not a grid (e.g. Optuna)
 
     maj = majority_table(df, [x, y])
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(xs) + 2.2, 1.2 + 0.55 * len(ys) + 0.8))

@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import math
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pyarrow.parquet as pq
 
 from .. import regime as R
 from ..config import ConfigError
-from .load import SEED, Study, boundaries, classify, load_study, majority_table
+from .load import Study, boundaries, classify, load_study, majority_table
 
 FORMATS = ("png", "svg")
 MAX_CURVE_FIGURES = 6
@@ -121,9 +120,10 @@ def make_report(results, *, out=None, x=None, y=None, rules: R.RegimeRules = R.R
     others = study.other_axes(curve_axis) if curve_axis else []
     settings = _settings(study.trials, others)
     if len(settings) > MAX_CURVE_FIGURES:
-        notes.append(f"training curves drawn for the first {MAX_CURVE_FIGURES} of {len(settings)} "
-                     f"settings of {', '.join(others)}")
-    for k, sel in enumerate(settings[:MAX_CURVE_FIGURES]):
+        notes.append(f"{len(settings)} settings of {', '.join(others)}: training curves of all trials "
+                     "(first seed) drawn in one figure")
+        settings = [{}]
+    for k, sel in enumerate(settings):
         stem = "training_curves" + (f"_{k + 1}" if len(settings) > 1 else "")
         save(plot_training_curves(study, labels, select=sel, axis=curve_axis), stem, "curves")
     missing = [m for m in ("train_acc", "test_acc", "eff_grad_norm", "angular_update") if not study.has_measure(m)]
@@ -135,6 +135,12 @@ def make_report(results, *, out=None, x=None, y=None, rules: R.RegimeRules = R.R
     else:
         notes.append("no varying axis: no regime strip or phase diagram")
 
+    if x is not None and bounds.empty and labels[x].nunique() > 1:
+        others = study.other_axes(x)
+        sizes = labels.groupby(others)[x].nunique() if others else pd.Series([labels[x].nunique()])
+        if sizes.max() < 2:
+            notes.append(f"no setting of {', '.join(others)} has two or more values of {x} (a sampled, "
+                         f"not gridded, study): boundaries need a grid along {x}")
     ys = [y] if y else (study.other_axes(x) if x else [])
     if x is not None and not ys:
         notes.append(f"only one axis varies ({x}): no 2-D phase diagram")
@@ -279,7 +285,3 @@ def _markdown(study, labels, bounds, x, figures, notes, rules, out: Path) -> str
            "Per-trial labels with evidence: `regimes.csv` / `regimes.parquet`; boundaries: `boundaries.csv`.",
            ""]
     return "\n".join(md)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
