@@ -223,6 +223,7 @@ def test_report_writes_everything_and_updates_trials(grid_study, tmp_path, capsy
 
     root = tmp_path / "grid"
     shutil.copytree(grid_study[0], root)
+    before = pq.read_table(root / "trials.parquet")
     assert _cli(root) == 0
     printed = capsys.readouterr().out
     rep = root / "report"
@@ -242,10 +243,14 @@ def test_report_writes_everything_and_updates_trials(grid_study, tmp_path, capsy
     trials = pq.read_table(root / "trials.parquet").to_pandas().set_index("trial_id")
     assert (trials["regime"] == truth[trials.index]).all()
     assert "regime_loss_final" in trials and "git_commit" in trials and len(trials) == len(truth)
-    ncols = trials.shape[1]
+    after = pq.read_table(root / "trials.parquet")
+    kept = after.select(before.column_names)                     # the sink's columns untouched
+    assert kept.schema.equals(before.schema)
+    assert kept.to_pandas().equals(before.to_pandas())          # (NaN-aware comparison)
+    ncols = after.num_columns
     # idempotent: a second report replaces the columns instead of duplicating them
     assert _cli(root, "--no-annotate", "--formats", "png") == 0
-    assert pq.read_table(root / "trials.parquet").num_columns == ncols + 1     # + trial_id index
+    assert pq.read_table(root / "trials.parquet").num_columns == ncols
     b = pd.read_csv(rep / "boundaries.csv")
     assert set(b["boundary"]) == {"convergence->chaotic_equilibrium", "chaotic_equilibrium->divergence"}
 

@@ -172,16 +172,23 @@ def _settings(trials: pd.DataFrame, axes: list[str]) -> list[dict]:
 
 
 def add_regimes_to_trials(path: Path, labels: pd.DataFrame) -> bool:
-    """Add/replace `regime` and `regime_*` columns of trials.parquet (temp file + os.replace)."""
+    """Add/replace `regime` and `regime_*` columns of trials.parquet (temp file + os.replace).
+
+    The existing columns are kept as they are (no pandas round trip of the sink's table);
+    the new ones are aligned on trial_id.
+    """
     if not path.is_file():
         return False
     table = pq.read_table(path)
     keep = [c for c in table.column_names if not (c == "regime" or c.startswith("regime_"))]
-    base = table.select(keep).to_pandas()
-    base["trial_id"] = base["trial_id"].astype(str)
-    cols = ["trial_id"] + [c for c in labels.columns if c == "regime" or c.startswith("regime_")]
-    merged = base.merge(labels[cols], on="trial_id", how="left")
-    _atomic_parquet(pa.Table.from_pandas(merged, preserve_index=False), path)
+    table = table.select(keep)
+    ids = [str(v) for v in table.column("trial_id").to_pylist()]
+    cols = [c for c in labels.columns if c == "regime" or c.startswith("regime_")]
+    aligned = labels.assign(trial_id=labels["trial_id"].astype(str)).drop_duplicates("trial_id") \
+        .set_index("trial_id").reindex(ids)
+    for c in cols:
+        table = table.append_column(c, pa.Array.from_pandas(aligned[c].reset_index(drop=True)))
+    _atomic_parquet(table, path)
     return True
 
 
