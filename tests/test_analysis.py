@@ -264,6 +264,7 @@ def test_report_bad_input_exits_2(tmp_path, capsys):
     assert _cli(root, "--x", "wd") == 2
     assert "error: --x:" in capsys.readouterr().err
     assert _cli(root, "--rule", "bogus=1") == 2
+    assert _cli(root, "--rule", "converge_loss=abc") == 2
     assert _cli(root, "--formats", "gif") == 2
 
 
@@ -280,6 +281,11 @@ def test_report_degrades_one_axis_one_seed_missing_measures(tmp_path, capsys):
     assert "no 2-D phase diagram" in md and "angular_update" in md
     labels = pd.read_csv(rep / "regimes.csv")
     assert list(labels["regime"]) == [true_regime(e, 0) for e in ELRS]
+    # thresholds from the command line: a loss of 0.4 now counts as "at 0"
+    assert _cli(root, "--rule", "converge_loss=0.5", "--formats", "png", "--out", tmp_path / "r2") == 0
+    relabelled = pd.read_csv(tmp_path / "r2" / "regimes.csv")
+    assert R.CHAOTIC not in set(relabelled["regime"]) and R.CONVERGENCE in set(relabelled["regime"])
+    assert "converge_loss = 0.5" in (tmp_path / "r2" / "report.md").read_text()
 
 
 def test_free_mode_uses_lr_and_epochs_only_study(tmp_path):
