@@ -293,6 +293,13 @@ def test_sink_is_idempotent_across_retries_and_driver_restarts(tmp_path, records
     assert row["final_test_acc"] == records[-1]["test_acc"]
     assert row["ray_version"] and row["optuna_version"] and row["git_commit"]
 
+    # rows of a trial the resumed Tune experiment never heard of are dropped at the end
+    ghost = tmp_path / "t" / "epochs" / "trial_id=ghost"
+    ghost.mkdir()
+    (ghost / "data.parquet").write_bytes(f.read_bytes())
+    resumed.on_experiment_end([t])
+    assert not ghost.exists() and f.exists()
+
 
 def test_trial_status_rules(records):
     from regimes import TrainConfig

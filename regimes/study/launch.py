@@ -106,10 +106,12 @@ def run_study(study: Study, store: StudyStore | str = "results", *, address: str
             tuner = _new_tuner(study, store, trainable, verbose, callbacks, make_searcher, make_scheduler,
                                ParquetSink)
         grid = tuner.fit()
-    finally:
-        if study.kind == "optuna" and store.journal_path.exists():
+        if study.kind == "optuna" and grid.num_terminated + grid.num_errors == len(grid):
+            # every Tune trial has ended: an Optuna trial still RUNNING was asked by a driver
+            # that died before Tune's snapshot; no one will ever finish it.
             fail_stale_trials(study, store.journal_path)
             store.push("optuna.journal")
+    finally:
         if started:
             ray.shutdown()
     return grid

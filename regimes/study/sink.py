@@ -17,6 +17,7 @@ trial starts, ends or fails, and at the end of the experiment.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -90,6 +91,7 @@ class ParquetSink(tune.Callback):
         self._write_trials(trials)
 
     def on_experiment_end(self, trials, **info):
+        self._drop_orphans({t.trial_id for t in trials})
         self._write_trials(trials)
 
     # --- rows ----------------------------------------------------------------
@@ -134,6 +136,19 @@ class ParquetSink(tune.Callback):
         self.store.push("trials.parquet")
         if self.study.kind == "optuna":
             self.store.push("optuna.journal")
+
+    def _drop_orphans(self, known: set[str]) -> None:
+        """Remove epoch files of trials Tune does not know: written by a driver that died
+        before Tune's snapshot recorded the trial (Tune ran a replacement instead)."""
+        folder = self.store.local_dir / "epochs"
+        if not folder.is_dir():
+            return
+        for d in folder.glob("trial_id=*"):
+            tid = d.name.split("=", 1)[1]
+            if tid not in known:
+                log.warning("dropping rows of trial %s: unknown to the resumed Tune experiment", tid)
+                shutil.rmtree(d)
+                self.store.delete(f"epochs/{d.name}")
 
     def _provenance(self) -> dict:
         if self._versions is None:

@@ -101,6 +101,19 @@ class StudyStore:
             fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
         pafs.copy_files(str(src), dst, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
+    def delete(self, relpath: str) -> None:
+        """Remove one file or folder from the study URI; no-op for local storage."""
+        if not self.remote:
+            return
+        import pyarrow.fs as pafs
+
+        fs, base = self._fs()
+        info = fs.get_file_info(f"{base}/{relpath}")
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(info.path)
+        elif info.type == pafs.FileType.File:
+            fs.delete_file(info.path)
+
     def pull(self) -> None:
         """Fetch our files from the study URI into the staging dir (resume); no-op for local storage."""
         if not self.remote:
@@ -128,16 +141,8 @@ class StudyStore:
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-        if self.remote:
-            fs, base = self._fs()
-            for name in OWN_FILES:
-                import pyarrow.fs as pafs
-
-                info = fs.get_file_info(f"{base}/{name}")
-                if info.type == pafs.FileType.Directory:
-                    fs.delete_dir(info.path)
-                elif info.type == pafs.FileType.File:
-                    fs.delete_file(info.path)
+        for name in OWN_FILES:
+            self.delete(name)
 
     def delete_all(self) -> None:
         """`--restart`: remove the whole study folder (Ray's state and ours)."""
