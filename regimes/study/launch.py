@@ -129,8 +129,10 @@ def _new_tuner(study, store, trainable, verbose, callbacks, make_searcher, make_
     run_config = tune.RunConfig(
         name=study.name,
         storage_path=store.ray_storage_path,
-        # Only the latest checkpoint is ever resumed from; keeping 2 halves Tune's forced snapshots.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # Keep only the latest checkpoint. This also makes Tune snapshot the experiment after
+        # every checkpoint, so a resumed driver knows each trial's last one: a trial that had
+        # finished resumes from its final checkpoint and is not trained again.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=study.max_failures),
         callbacks=[ParquetSink(study, store), JsonLoggerCallback(), *callbacks],
         verbose=verbose,
