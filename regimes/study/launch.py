@@ -43,7 +43,7 @@ def sweep_main(args) -> int:
     if args.num_cpus is not None and args.num_cpus < 1:
         raise ConfigError("--num-cpus", f"{args.num_cpus} is out of range; allowed: >= 1")
     store = StudyStore(args.storage, study.name)
-    print(spec_mod_summary(args.spec, study))
+    print(_summary_line(args.spec, study))
     grid = run_study(study, store, address=args.address, restart=args.restart,
                      num_cpus=args.num_cpus, verbose=0 if args.quiet else 1)
     return report(study, store, grid)
@@ -56,11 +56,11 @@ def add_validate_arguments(p: argparse.ArgumentParser) -> None:
 def validate_main(args) -> int:
     for path in args.specs:
         study = spec_mod.load(path)
-        print(spec_mod_summary(path, study))
+        print(_summary_line(path, study))
     return 0
 
 
-def spec_mod_summary(path, study: Study) -> str:
+def _summary_line(path, study: Study) -> str:
     return f"{path}: ok - {study.summary()}"
 
 
@@ -72,8 +72,7 @@ def run_study(study: Study, store: StudyStore | str = "results", *, address: str
     import ray
     from ray import tune
 
-    from .search import fail_stale_trials, make_scheduler, make_searcher
-    from .sink import ParquetSink
+    from .search import fail_stale_trials
     from .trainable import run_trial
 
     if isinstance(store, str):
@@ -103,8 +102,7 @@ def run_study(study: Study, store: StudyStore | str = "results", *, address: str
         else:
             store.clear_own_files()    # left by a driver that died before Tune saved any state
             _write_spec_copy(study, store)
-            tuner = _new_tuner(study, store, trainable, verbose, callbacks, make_searcher, make_scheduler,
-                               ParquetSink)
+            tuner = _new_tuner(study, store, trainable, verbose, callbacks)
         grid = tuner.fit()
         if study.kind == "optuna" and grid.num_terminated + grid.num_errors == len(grid):
             # every Tune trial has ended: an Optuna trial still RUNNING was asked by a driver
@@ -117,9 +115,12 @@ def run_study(study: Study, store: StudyStore | str = "results", *, address: str
     return grid
 
 
-def _new_tuner(study, store, trainable, verbose, callbacks, make_searcher, make_scheduler, ParquetSink):
+def _new_tuner(study: Study, store: StudyStore, trainable, verbose: int, callbacks: tuple):
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
+
+    from .search import make_scheduler, make_searcher
+    from .sink import ParquetSink
 
     if study.kind == "grid":
         param_space = {k: tune.grid_search(list(v)) for k, v in study.space.items()}
