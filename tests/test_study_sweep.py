@@ -96,7 +96,7 @@ def test_grid_sweep_end_to_end_with_a_diverging_trial(ray_local, tmp_path):
     assert len(epochs_table(root)) == n
 
 
-def test_optuna_runs_max_concurrent_trials_on_a_journal(ray_local, tmp_path):
+def test_optuna_runs_max_concurrent_trials_on_a_journal_in_uri_storage(ray_local, tmp_path):
     import optuna
 
     from regimes.study.search import optuna_storage
@@ -106,20 +106,25 @@ def test_optuna_runs_max_concurrent_trials_on_a_journal(ray_local, tmp_path):
                                        "metric": ["test_loss", "test_acc"], "mode": ["min", "max"],
                                        "num_samples": 4, "max_concurrent": 2,
                                        "space": {"elr": {"loguniform": [1e-3, 1.0]}, "seed": {"choice": [0, 1]}}}})
-    grid = run_study(study, str(tmp_path), verbose=0)
+    # URI storage (as s3:// on a cluster): Ray writes there itself, our files are mirrored
+    store = StudyStore(f"file://{tmp_path}/bucket", "opt")
+    grid = run_study(study, store, verbose=0)
     assert len(grid) == 4 and all(r.error is None for r in grid)
-    store = StudyStore(str(tmp_path), "opt")
+    remote = tmp_path / "bucket" / "opt"
+    assert (remote / "tuner.pkl").exists() and remote != store.local_dir
 
-    ot = optuna.load_study(study_name="opt", storage=optuna_storage(store.journal_path))
+    ot = optuna.load_study(study_name="opt", storage=optuna_storage(remote / "optuna.journal"))
     done = [t for t in ot.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == len(ot.trials) == 4
     # what Optuna was told is what the Parquet holds
-    trials = pq.read_table(store.local_dir / "trials.parquet").to_pylist()
+    trials = pq.read_table(remote / "trials.parquet").to_pylist()
+    assert len(epochs_table(remote)) == 4 * TINY["epochs"]
     told = sorted((t.params["elr"], tuple(t.values)) for t in done)
     held = sorted((t["elr"], (t["final_test_loss"], t["final_test_acc"])) for t in trials)
     assert [e for e, _ in told] == pytest.approx([e for e, _ in held])
     assert [x for _, v in told for x in v] == pytest.approx([x for _, v in held for x in v])
     # two trials ran at the same time, never more than max_concurrent
+    store.delete_all()                                        # also the local staging copy
     spans = [(t.datetime_start, t.datetime_complete) for t in done]
     overlapping = [(a, b) for a, b in combinations(spans, 2) if a[0] < b[1] and b[0] < a[1]]
     assert overlapping

@@ -23,6 +23,7 @@ import tempfile
 
 from ray import tune
 
+from regimes.config import ConfigError
 from regimes.train import Trainer
 
 from .spec import Study
@@ -53,8 +54,11 @@ def run_trial(config: dict, study: Study) -> None:
     """Function trainable: train one trial of `study`, reporting every epoch record."""
     # Tune moves the worker into the trial folder; a relative data_root means the job's folder.
     os.chdir(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd()))
-    cfg = study.config(config)
-    trainer = Trainer(cfg)
+    try:
+        cfg = study.config(config)
+        trainer = Trainer(cfg)      # e.g. data_root missing on this node
+    except ConfigError as e:        # re-raised as a plain error: Ray copies trial exceptions
+        raise RuntimeError(f"trial config {config}: {e}") from None
     restored_from, last_rec = 0, None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
