@@ -15,7 +15,7 @@ def test_centered_softplus_zero_slope_and_relu_limit():
     x = torch.linspace(-6, 6, 2001, dtype=torch.float64, requires_grad=True)
     act = CenteredSoftplus(beta=5.0).double()
     assert float(act.beta.detach()) == pytest.approx(5.0, rel=1e-6)
-    assert float(act(torch.zeros(1, dtype=torch.float64))) == pytest.approx(0.0, abs=1e-15)
+    assert float(act(torch.zeros(1, dtype=torch.float64)).detach()) == pytest.approx(0.0, abs=1e-15)
     (slope,) = torch.autograd.grad(act(x).sum(), x)
     inner = x.detach().abs() <= 3.0  # b|x| <= 15: strictly inside (0, 1) even in float64
     assert float(slope[inner].min()) > 0.0 and float(slope[inner].max()) < 1.0

@@ -35,7 +35,7 @@ def test_gnorm_penalty_value(scaling):
     expected = g if scaling == "per_sample" else g * 1e5 / 36
     assert float(stats["input_grad_sq"]) == pytest.approx(g, rel=1e-10)
     assert float(stats["gnorm_penalty"]) == pytest.approx(0.3 * expected, rel=1e-10)
-    assert float(loss) == pytest.approx(float(F.cross_entropy(net(x), y)) + 0.3 * expected, rel=1e-10)
+    assert float(loss.detach()) == pytest.approx(float(F.cross_entropy(net(x), y).detach()) + 0.3 * expected, rel=1e-10)
 
 
 def test_penalty_gradient_by_double_backprop_matches_finite_differences():
