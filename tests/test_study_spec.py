@@ -308,6 +308,7 @@ def test_trial_status_rules(records):
     cfg = TrainConfig.from_dict({**TINY, "epochs": 4})
     assert trial_status("TERMINATED", records, cfg) == "completed"
     assert trial_status("TERMINATED", records[:2], cfg) == "stopped"       # early-stopped by ASHA
+    assert trial_status("TERMINATED", records[:2], cfg, scheduled=False) == "running"   # Ctrl-C'ed
     assert trial_status("TERMINATED", [*records[:1], {**records[1], "diverged": True}], cfg) == "diverged"
     assert trial_status("ERROR", records[:2], cfg) == "errored"
     assert trial_status("RUNNING", records[:2], cfg) == "running"
@@ -363,3 +364,22 @@ def test_optuna_searcher_restored_from_an_older_snapshot_keeps_finished_trials(t
     restored.on_trial_complete("t1", {"test_loss": 0.5, "training_iteration": 3})
     (t,) = ot.load_study(study_name="t", storage=optuna_storage(journal)).trials
     assert t.state == ot.trial.TrialState.COMPLETE and t.value == 0.5
+
+
+def test_only_optuna_trials_unknown_to_tune_are_failed(tmp_path):
+    import optuna as ot
+
+    from regimes.study.search import fail_stale_trials, optuna_storage
+
+    s = spec.from_dict(optuna({"elr": {"loguniform": [1e-3, 1.0]}}))
+    journal = tmp_path / "optuna.journal"
+    study = ot.create_study(study_name="t", storage=optuna_storage(journal))
+    dist = {"elr": s.space["elr"].to_optuna()}
+    done = study.ask(fixed_distributions=dist)
+    study.tell(done, 0.3)
+    resumable = study.ask(fixed_distributions=dist)      # Tune knows it: will resume it
+    orphan = study.ask(fixed_distributions=dist)         # asked by a driver that then died
+    assert fail_stale_trials(s, journal, [done.params, resumable.params]) == 1
+    states = {t.number: t.state for t in ot.load_study(study_name="t", storage=optuna_storage(journal)).trials}
+    assert states == {done.number: ot.trial.TrialState.COMPLETE, resumable.number: ot.trial.TrialState.RUNNING,
+                      orphan.number: ot.trial.TrialState.FAIL}

@@ -104,10 +104,8 @@ def run_study(study: Study, store: StudyStore | str = "results", *, address: str
             _write_spec_copy(study, store)
             tuner = _new_tuner(study, store, trainable, verbose, callbacks)
         grid = tuner.fit()
-        if study.kind == "optuna" and grid.num_terminated + grid.num_errors == len(grid):
-            # every Tune trial has ended: an Optuna trial still RUNNING was asked by a driver
-            # that died before Tune's snapshot; no one will ever finish it.
-            fail_stale_trials(study, store.journal_path)
+        if study.kind == "optuna":
+            fail_stale_trials(study, store.journal_path, [r.config for r in grid])
             store.push("optuna.journal")
     finally:
         if started:
@@ -166,17 +164,20 @@ def _check_same_spec(study: Study, store: StudyStore) -> None:
 
 
 def report(study: Study, store: StudyStore, grid) -> int:
-    """Print where the results are and how the trials ended; 1 if any trial errored."""
+    """Print where the results are and how the trials ended; 1 if any trial errored, 130 if
+    the sweep was interrupted (Ctrl-C) with trials unfinished."""
     import pyarrow.parquet as pq
 
     trials_file = store.local_dir / "trials.parquet"
     statuses = Counter(pq.read_table(trials_file, columns=["status"]).column("status").to_pylist()) \
         if trials_file.exists() else Counter()
     print(f"study '{study.name}': " + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())))
+    if statuses.get("running"):
+        print(f"interrupted: {statuses['running']} trials unfinished; run the same command again to resume")
     print(f"results: {store.study_path}/epochs/ and {store.study_path}/trials.parquet")
     if study.kind == "optuna":
         print(f"optuna: optuna-dashboard {store.journal_path}")
     errors = [r for r in grid if r.error is not None]
     for r in errors:
         print(f"trial errored: {r.path}: {type(r.error).__name__}: {r.error}", file=sys.stderr)
-    return 1 if errors else 0
+    return 1 if errors else 130 if statuses.get("running") else 0

@@ -84,18 +84,22 @@ def make_scheduler(study: Study):
                          reduction_factor=a.reduction_factor, brackets=a.brackets)
 
 
-def fail_stale_trials(study: Study, journal: Path) -> int:
-    """Mark Optuna trials still RUNNING after the sweep as FAIL; returns how many.
+def fail_stale_trials(study: Study, journal: Path, tune_configs: list[dict]) -> int:
+    """Mark Optuna trials that no Tune trial will ever finish as FAIL; returns how many.
 
     A driver killed between Optuna's `ask` and Tune's next experiment snapshot
-    leaves a trial in the journal that no Tune trial will ever finish.
+    leaves a RUNNING trial in the journal that the resumed Tune experiment does
+    not know (it asks for a replacement). Such a trial's params match no Tune
+    trial's config; RUNNING trials that do match are Tune's, still to be resumed.
     """
     import optuna
 
     if not journal.exists():
         return 0
     ot = optuna.load_study(study_name=study.name, storage=optuna_storage(journal))
-    stale = ot.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    known = [{k: c.get(k) for k in study.space} for c in tune_configs]
+    stale = [t for t in ot.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+             if t.params not in known]
     for t in stale:
         ot.tell(t.number, state=optuna.trial.TrialState.FAIL)
     return len(stale)

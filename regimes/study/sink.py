@@ -34,8 +34,12 @@ log = logging.getLogger(__name__)
 _ROW_ONLY = ("study", "schema_version", "trial_id")
 
 
-def trial_status(tune_status: str, records: list[dict], cfg: TrainConfig) -> str:
-    """completed | diverged | stopped (early, by a scheduler) | errored | running."""
+def trial_status(tune_status: str, records: list[dict], cfg: TrainConfig, scheduled: bool = True) -> str:
+    """completed | diverged | stopped (early, by a scheduler) | errored | running.
+
+    A trial Tune ended before its last epoch was stopped by the scheduler or,
+    without one, interrupted (Ctrl-C): it is still `running` and resumes.
+    """
     if tune_status == "ERROR":
         return "errored"
     if tune_status != "TERMINATED":
@@ -43,7 +47,7 @@ def trial_status(tune_status: str, records: list[dict], cfg: TrainConfig) -> str
     if records and records[-1].get("diverged"):
         return "diverged"
     if not records or records[-1]["epoch"] < cfg.epochs:
-        return "stopped"
+        return "stopped" if scheduled else "running"
     return "completed"
 
 
@@ -128,7 +132,9 @@ class ParquetSink(tune.Callback):
             extra = {**self._provenance(), **self._where.get(trial.trial_id, {}),
                      "num_failures": int(getattr(trial, "num_failures", 0))}
             rows.append(results.trial_summary(cfg, records, self.study.name, trial.trial_id,
-                                              trial_status(trial.status, records, cfg), extra=extra))
+                                              trial_status(trial.status, records, cfg,
+                                                           scheduled=self.study.scheduler is not None),
+                                              extra=extra))
         if not rows:
             return
         _harmonise(rows)
