@@ -369,17 +369,17 @@ def test_optuna_searcher_restored_from_an_older_snapshot_keeps_finished_trials(t
 def test_only_optuna_trials_unknown_to_tune_are_failed(tmp_path):
     import optuna as ot
 
-    from regimes.study.search import fail_stale_trials, optuna_storage
+    from regimes.study.search import fail_stale_trials, make_searcher, optuna_storage
 
-    s = spec.from_dict(optuna({"elr": {"loguniform": [1e-3, 1.0]}}))
+    s = spec.from_dict(optuna({"elr": {"loguniform": [1e-3, 1.0]}}, sampler_seed=0))
     journal = tmp_path / "optuna.journal"
-    study = ot.create_study(study_name="t", storage=optuna_storage(journal))
-    dist = {"elr": s.space["elr"].to_optuna()}
-    done = study.ask(fixed_distributions=dist)
-    study.tell(done, 0.3)
-    resumable = study.ask(fixed_distributions=dist)      # Tune knows it: will resume it
-    orphan = study.ask(fixed_distributions=dist)         # asked by a driver that then died
-    assert fail_stale_trials(s, journal, [done.params, resumable.params]) == 1
-    states = {t.number: t.state for t in ot.load_study(study_name="t", storage=optuna_storage(journal)).trials}
-    assert states == {done.number: ot.trial.TrialState.COMPLETE, resumable.number: ot.trial.TrialState.RUNNING,
-                      orphan.number: ot.trial.TrialState.FAIL}
+    searcher = make_searcher(s, journal).searcher
+    for tid in ("done", "resumable", "orphan"):
+        searcher.suggest(tid)
+    searcher.on_trial_complete("done", {"test_loss": 0.3})
+    # the resumed experiment knows "done" and "resumable"; "orphan" was asked by a driver that died
+    assert fail_stale_trials(s, journal, {"done", "resumable"}) == 1
+    trials = ot.load_study(study_name="t", storage=optuna_storage(journal)).trials
+    assert {t.user_attrs["tune_trial_id"]: t.state for t in trials} == {
+        "done": ot.trial.TrialState.COMPLETE, "resumable": ot.trial.TrialState.RUNNING,
+        "orphan": ot.trial.TrialState.FAIL}

@@ -72,7 +72,6 @@ def run_study(study: Study, store: StudyStore | str = "results", *, address: str
     import ray
     from ray import tune
 
-    from .search import fail_stale_trials
     from .trainable import run_trial
 
     if isinstance(store, str):
@@ -104,9 +103,6 @@ def run_study(study: Study, store: StudyStore | str = "results", *, address: str
             _write_spec_copy(study, store)
             tuner = _new_tuner(study, store, trainable, verbose, callbacks)
         grid = tuner.fit()
-        if study.kind == "optuna":
-            fail_stale_trials(study, store.journal_path, [r.config for r in grid])
-            store.push("optuna.journal")
     finally:
         if started:
             ray.shutdown()

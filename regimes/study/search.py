@@ -15,6 +15,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .spec import Study
 
+TUNE_TRIAL_ID = "tune_trial_id"    # Optuna user attribute
+
 
 def optuna_storage(journal: Path):
     """The study's Optuna storage: one journal file (append-only, file-locked)."""
@@ -48,6 +50,13 @@ class ResumableOptunaSearch(OptunaSearch):
     trial (from its final checkpoint) and it reports again: Optuna keeps the
     value it already has instead of failing the whole study.
     """
+
+    def suggest(self, trial_id):
+        params = super().suggest(trial_id)
+        if params is not None and trial_id in self._ot_trials:
+            # which Tune trial owns this Optuna trial (see fail_stale_trials)
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+        return params
 
     def on_trial_result(self, trial_id, result):
         try:
@@ -84,22 +93,20 @@ def make_scheduler(study: Study):
                          reduction_factor=a.reduction_factor, brackets=a.brackets)
 
 
-def fail_stale_trials(study: Study, journal: Path, tune_configs: list[dict]) -> int:
+def fail_stale_trials(study: Study, journal: Path, tune_trial_ids: set[str]) -> int:
     """Mark Optuna trials that no Tune trial will ever finish as FAIL; returns how many.
 
     A driver killed between Optuna's `ask` and Tune's next experiment snapshot
-    leaves a RUNNING trial in the journal that the resumed Tune experiment does
-    not know (it asks for a replacement). Such a trial's params match no Tune
-    trial's config; RUNNING trials that do match are Tune's, still to be resumed.
+    leaves a RUNNING trial in the journal owned by a Tune trial the resumed
+    experiment does not know (it asks for a replacement instead).
     """
     import optuna
 
     if not journal.exists():
         return 0
     ot = optuna.load_study(study_name=study.name, storage=optuna_storage(journal))
-    known = [{k: c.get(k) for k in study.space} for c in tune_configs]
     stale = [t for t in ot.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-             if t.params not in known]
+             if t.user_attrs.get(TUNE_TRIAL_ID) not in tune_trial_ids]
     for t in stale:
         ot.tell(t.number, state=optuna.trial.TrialState.FAIL)
     return len(stale)

@@ -95,7 +95,13 @@ class ParquetSink(tune.Callback):
         self._write_trials(trials)
 
     def on_experiment_end(self, trials, **info):
-        self._drop_orphans({t.trial_id for t in trials})
+        """Also at Ctrl-C. Clean up after drivers that died before Tune's snapshot."""
+        known = {t.trial_id for t in trials}
+        self._drop_orphans(known)
+        if self.study.kind == "optuna":
+            from .search import fail_stale_trials
+
+            fail_stale_trials(self.study, self.store.journal_path, known)
         self._write_trials(trials)
 
     # --- rows ----------------------------------------------------------------
