@@ -1,4 +1,5 @@
-"""Interrupt and resume: SIGKILL the `regimes sweep` driver mid-study, run the command again.
+"""Interrupt and resume: SIGKILL (a crash) or SIGINT (Ctrl-C) the `regimes sweep` driver
+mid-study, run the command again.
 
 The study (Optuna on a journal inside a ConcurrencyLimiter, the hardest case to
 resume) must complete with no lost and no duplicated rows, without re-training
@@ -57,7 +58,8 @@ def kill_session(pgid: int) -> None:
             pass
 
 
-def test_sigkill_mid_study_then_rerun_completes_without_lost_or_duplicated_rows(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_interrupt_mid_study_then_rerun_completes_without_lost_or_duplicated_rows(tmp_path, sig):
     spec_path = tmp_path / "resume.yaml"
     spec_path.write_text(yaml.safe_dump(SPEC))
     root = tmp_path / "results" / "resume"
@@ -69,8 +71,8 @@ def test_sigkill_mid_study_then_rerun_completes_without_lost_or_duplicated_rows(
         while time.time() < deadline and "completed" not in statuses(root).values():
             assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             time.sleep(0.1)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
+        driver.send_signal(sig)
+        rc = driver.wait(timeout=120)
     finally:
         kill_session(driver.pid)
         log.close()
@@ -78,6 +80,9 @@ def test_sigkill_mid_study_then_rerun_completes_without_lost_or_duplicated_rows(
     finished = {t for t, s in before.items() if s == "completed"}
     assert finished and len(finished) < 4, before                    # killed mid-study
     rows_before, _ = epoch_rows(root)
+    if sig == signal.SIGINT:                                        # Tune stops gracefully
+        assert rc == 130
+        assert "run the same command again to resume" in (tmp_path / "first.log").read_text()
 
     again = subprocess.run(sweep(spec_path, tmp_path / "results"), capture_output=True, text=True, timeout=300,
                            start_new_session=True)
