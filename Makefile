@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo study: an ELR grid on digits on an in-process Ray, then its regime report.
+# Run again, it resumes (finished trials are not re-run); `make demo DEMO_FLAGS=--restart` starts over.
 demo: $(STAMP)
-	$(BIN)/regimes demo
+	$(BIN)/regimes sweep studies/demo_digits.yaml $(DEMO_FLAGS)
+	$(BIN)/regimes report results/demo-digits
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -1,4 +1,4 @@
-"""The `regimes` command: train | demo | sweep | validate | report.
+"""The `regimes` command: train | sweep | validate | report.
 
 Every bad input (unknown key, wrong type, out-of-range value, missing path)
 prints one line `error: <key>: <what is allowed>` and exits with code 2 before
@@ -28,10 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="run", help="trial id of this run in the results folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_main)
-
-    p = sub.add_parser("demo", help="the embedded demo: a spread of ELRs on digits (CPU)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.set_defaults(func=_demo_main)
 
     _add_layer_commands(sub)
     args = parser.parse_args(argv)
@@ -127,26 +123,6 @@ def _summary(cfg: TrainConfig, last: dict, status: str) -> str:
     keys = ("train_loss", "train_acc", "test_loss", "test_acc", "si_norm", "elr", "eff_grad_norm", "angular_update")
     vals = "  ".join(f"{k}={last[k]:.4g}" for k in keys)
     return f"{cfg.model} {cfg.mode} on {cfg.dataset}: {status} after {last['epoch']} epochs\n  {vals}"
-
-
-# --- demo (core only) --------------------------------------------------------
-DEMO = dict(dataset="digits", model="convnet_si", width=8, mode="sphere", batch_size=32, augment=False, epochs=20)
-DEMO_ELRS = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
-
-
-def _demo_main(args) -> int:
-    from .train import train
-
-    base = dict(DEMO, epochs=args.epochs or DEMO["epochs"])
-    print(f"demo: {base}")
-    print(f"{'elr':>8} {'train_loss':>11} {'train_acc':>9} {'test_acc':>8} {'eff_grad_norm':>13}")
-    for elr in DEMO_ELRS:
-        last = None
-        for last in train(TrainConfig.from_dict({**base, "elr": elr})):
-            pass
-        print(f"{elr:>8.0e} {last['train_loss']:>11.4g} {last['train_acc']:>9.3f} {last['test_acc']:>8.3f} "
-              f"{last['eff_grad_norm']:>13.4g}")
-    return 0
 
 
 if __name__ == "__main__":
