@@ -273,8 +273,9 @@ def test_sink_is_idempotent_across_retries_and_driver_restarts(tmp_path, records
     t = _trial("a_00000")
     sink = ParquetSink(s, store)
     sink.on_trial_start(0, [t], t)
-    sink.on_trial_result(0, [t], t, {"records": records[:3]})                # epochs 1-3
-    sink.on_trial_result(0, [t], t, {"records": records[2:3]})               # retried from a ckpt at 2
+    sink.on_trial_result(0, [t], t, {"records": records[:3], "trial_host": "gpu-7", "trial_device": "cuda"})
+    sink.on_trial_error(0, [t], t)                                           # its node died...
+    sink.on_trial_result(0, [t], t, {"records": records[2:3]})               # ...retried from a ckpt at 2
     f = sink.epoch_file("a_00000")
     assert [r["epoch"] for r in pq.read_table(f).to_pylist()] == [1, 2, 3]
 
@@ -292,6 +293,7 @@ def test_sink_is_idempotent_across_retries_and_driver_restarts(tmp_path, records
     assert (row["trial_id"], row["status"], row["epochs_done"]) == ("a_00000", "completed", 4)
     assert row["final_test_acc"] == records[-1]["test_acc"]
     assert row["ray_version"] and row["optuna_version"] and row["git_commit"]
+    assert (row["host"], row["device"]) == ("gpu-7", "cuda")    # where the trial ran, not the driver
 
     # rows of a trial the resumed Tune experiment never heard of are dropped at the end
     ghost = tmp_path / "t" / "epochs" / "trial_id=ghost"

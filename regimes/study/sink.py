@@ -66,9 +66,18 @@ class ParquetSink(tune.Callback):
         self._records: dict[str, dict[int, dict]] = {}    # trial_id -> epoch -> record
         self._where: dict[str, dict] = {}                 # trial_id -> host/device it last ran on
         self._versions: dict | None = None
+        self._resumed = False
 
     def __getstate__(self):        # Tune pickles callbacks with the run config: no rows in there
-        return {**self.__dict__, "_records": {}, "_where": {}}
+        return {**self.__dict__, "_records": {}, "_where": {}, "_resumed": False}
+
+    def _load_previous_where(self) -> None:
+        """Host/device of trials that ran under a previous driver, from its trials.parquet."""
+        self._resumed = True
+        path = self.store.local_dir / "trials.parquet"
+        if path.exists():
+            for r in pq.read_table(path, columns=["trial_id", "host", "device"]).to_pylist():
+                self._where.setdefault(r["trial_id"], {"host": r["host"], "device": r["device"]})
 
     # --- Tune hooks ----------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -129,6 +138,8 @@ class ParquetSink(tune.Callback):
         self.store.push(f"epochs/trial_id={trial.trial_id}/data.parquet")
 
     def _write_trials(self, trials) -> None:
+        if not self._resumed:
+            self._load_previous_where()
         rows = []
         for trial in trials:
             records = [r for _, r in sorted(self._trial_records(trial).items())]
