@@ -308,6 +308,94 @@ def decided(history: Sequence[Classification], rules: RegimeRules = RegimeRules(
 
 
 # --------------------------------------------------------------------------
+# regime-aware early stopping
+@dataclass(frozen=True)
+class EarlyStop:
+    """When a running trial's regime counts as decided, so the trial may stop.
+
+    A trial stops at epoch t only when all of these hold:
+    - t >= `min_epochs` and at least `window` epochs have a train-loss measure;
+    - the regime of the prefix (`classify` of epochs 1..t) is one of `labels`,
+      and the prefixes ending at each of the last `window` measured epochs got
+      that same label (the label is not flickering);
+    - the label's own evidence holds at *every* measured epoch of that window,
+      not only on average:
+        divergence   accuracy <= chance + chance_margin and loss >= diverge_loss_frac * ln C
+                     at each epoch, and the loss is not significantly falling
+                     (a random guesser that is not learning);
+        convergence  train loss <= converge_loss at each epoch (already at 0);
+        chaotic      accuracy >= chance + above_chance_margin and loss > converge_trend_loss
+                     at each epoch (clearly off zero, clearly learning), loss and
+                     eff. grad norm flat (that is what the label requires).
+    A NaN/inf blow-up is always decided (divergence). The chaotic equilibrium is
+    not in the default `labels`: near the convergence boundary a flat loss can
+    still fall later, so stopping it is opt-in.
+    """
+
+    window: int = 5                   # measured epochs the evidence must hold
+    min_epochs: int = 8               # never stop before this epoch
+    labels: tuple = (CONVERGENCE, DIVERGENCE)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"window": self.window, "min_epochs": self.min_epochs, "labels": list(self.labels)}
+
+
+def stop_decision(train_loss, train_acc, eff_grad_norm, num_classes: int, *, diverged: bool = False,
+                  epochs=None, rules: RegimeRules = RegimeRules(),
+                  stop: EarlyStop = EarlyStop()) -> Classification | None:
+    """The classification a trial may stop with after its last epoch, or None (keep training).
+
+    Same inputs as `classify` (the trajectory so far, oldest first); see
+    `EarlyStop` for the conditions. Pure numpy, so it can be replayed on
+    recorded trajectories: a stopped prefix must get the label the full
+    trajectory would have got.
+    """
+    loss = _as_array(train_loss)
+    n = loss.size
+    acc = _as_array(train_acc, n)
+    grad = _as_array(eff_grad_norm, n)
+    t = np.arange(1, n + 1, dtype=np.float64) if epochs is None else _as_array(epochs, n)
+    kw = dict(diverged=diverged, rules=rules)
+    now = classify(loss, acc, grad, num_classes, epochs=t, **kw)
+    if not label_can_change(now):
+        return now
+    if n == 0 or t[-1] < stop.min_epochs or now.label not in stop.labels:
+        return None
+    measured = np.isfinite(loss) if acc is None else np.isfinite(loss) & np.isfinite(acc)
+    idx = np.flatnonzero(measured)
+    if idx.size < max(stop.window, rules.min_window):
+        return None
+    win = idx[-stop.window:]
+    lw = loss[win]
+    C = int(num_classes)
+    if now.label == CONVERGENCE:
+        ok = bool(np.all(lw <= rules.converge_loss))
+    elif now.label == DIVERGENCE:
+        rel, tstat = _trend(t[win], lw)
+        falling = math.isfinite(rel) and rel <= -rules.stable_loss_change and not (
+            math.isfinite(tstat) and abs(tstat) < rules.trend_t)
+        ok = (acc is not None and bool(np.all(acc[win] <= 1.0 / C + rules.chance_margin))
+              and bool(np.all(lw >= rules.diverge_loss_frac * math.log(C))) and not falling)
+    elif now.label == CHAOTIC:
+        ok = (acc is not None and bool(np.all(acc[win] >= 1.0 / C + rules.above_chance_margin))
+              and bool(np.all(lw > rules.converge_trend_loss)))
+    else:
+        ok = False
+    if not ok:
+        return None
+    # The label must have held for the prefixes ending at each epoch of the window.
+    for end in win[:-1]:
+        m = end + 1
+        c = classify(loss[:m], None if acc is None else acc[:m], None if grad is None else grad[:m],
+                     num_classes, epochs=t[:m], **kw)
+        if c.label != now.label:
+            return None
+    now.evidence["stop_reason"] = (f"{now.label} held for the last {win.size} measured epochs "
+                                   f"(epochs {int(t[win[0]])}..{int(t[win[-1]])})")
+    return now
+
+
+# --------------------------------------------------------------------------
 # boundaries
 @dataclass
 class Boundary:

@@ -3,9 +3,23 @@
     name: three-regimes-digits
     base: {dataset: digits, model: convnet_si, width: 16, mode: sphere, epochs: 60}
     search:
-      kind: grid                       # grid | optuna
+      kind: grid                       # grid | optuna | boundary
       space: {elr: [1.0e-4, 1.0e-2, 1.0], seed: [0, 1]}
     resources: {cpu: 1, gpu: 0}
+    early_stop: {window: 5, min_epochs: 8}   # optional: stop trials whose regime is decided
+
+A boundary search (regimes/study/boundary.py) brackets the regime boundaries
+along one axis instead of gridding it:
+
+    search:
+      kind: boundary
+      axis: elr                        # a float TrainConfig field, searched in log space
+      range: [1.0e-4, 1.0e-1]
+      resolution: 1.19                 # stop when every boundary is bracketed within this factor
+      budget: 60                       # trials at most, over all lines
+      probes_per_round: 2              # trials per line per round (parallel bisection)
+      initial: 5                       # log-spaced first scan of each line
+      space: {wd: [0.0, 5.0e-4], seed: [0, 1]}   # other axes: a grid; one search per combination
 
 Every key of `base` and `search.space` is a TrainConfig field. Validation goes
 all the way down to config values: a grid builds the TrainConfig of every
@@ -23,8 +37,9 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from regimes.config import ConfigError, TrainConfig
+from regimes.regime import CHAOTIC, CONVERGENCE, DIVERGENCE, EarlyStop
 
-KINDS = ("grid", "optuna")
+KINDS = ("grid", "optuna", "boundary")
 SAMPLERS = ("tpe", "gp", "cmaes", "random", "qmc")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 MODES = ("min", "max")
@@ -37,9 +52,11 @@ METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "si_norm", "elr",
            "beta_mean", "beta_max", "gamma_mean", "gnorm_penalty", "input_grad_sq",
            "beta_penalty", "gamma_penalty", "weight_l2", "enorm_objective")
 TOP_KEYS = ("name", "description", "base", "search", "scheduler", "resources",
-            "epochs_per_report", "checkpoint_every", "max_failures")
+            "epochs_per_report", "checkpoint_every", "max_failures", "early_stop")
 GRID_KEYS = ("kind", "space", "metric", "mode")
 OPTUNA_KEYS = ("kind", "space", "metric", "mode", "sampler", "num_samples", "max_concurrent", "sampler_seed")
+BOUNDARY_KEYS = ("kind", "axis", "range", "resolution", "budget", "probes_per_round", "initial", "space")
+EARLY_STOP_KEYS = ("window", "min_epochs", "labels")
 ASHA_KEYS = ("kind", "grace_period", "reduction_factor", "brackets")
 RESOURCE_KEYS = ("cpu", "gpu")
 MAX_GRID = 100_000            # trials; a bigger grid is almost surely a typo
@@ -80,8 +97,8 @@ class Asha:
 class Study:
     name: str
     base: dict
-    kind: str                                   # grid | optuna
-    space: dict                                 # grid: key -> list; optuna: key -> Distribution
+    kind: str                                   # grid | optuna | boundary
+    space: dict                                 # grid/boundary: key -> list; optuna: key -> Distribution
     metric: tuple = ()                          # one entry per objective
     mode: tuple = ()
     sampler: str = "tpe"
@@ -95,6 +112,15 @@ class Study:
     checkpoint_every: int = 10                  # epochs between checkpoints (and one at the end)
     max_failures: int = 3                       # retries per trial from its last checkpoint; -1 = forever
     description: str = ""
+    # kind: boundary (see BoundarySearch): the searched axis, its range, the target bracket
+    # width as a factor, the trial budget, probes per line per round, first-scan points
+    axis: str = ""
+    axis_range: tuple = ()
+    resolution: float = 0.0
+    budget: int = 0
+    probes_per_round: int = 2
+    initial: int = 5
+    early_stop: EarlyStop | None = None         # regime-aware early stopping (opt-in)
     source: dict = field(default_factory=dict, compare=False)   # the YAML mapping, as loaded
 
     # ------------------------------------------------------------------
@@ -103,7 +129,8 @@ class Study:
         return len(self.metric) > 1
 
     def grid_points(self) -> Iterator[dict]:
-        """Every combination of a grid space, in the order of the YAML keys."""
+        """Every combination of a grid space, in the order of the YAML keys (for kind:
+        boundary, of the other axes: one boundary search per combination)."""
         keys = list(self.space)
         for combo in itertools.product(*(self.space[k] for k in keys)):
             yield dict(zip(keys, combo))
@@ -111,6 +138,8 @@ class Study:
     def num_trials(self) -> int:
         if self.kind == "grid":
             return math.prod(len(v) for v in self.space.values())
+        if self.kind == "boundary":
+            return self.budget
         return self.num_samples
 
     def config(self, point: Mapping[str, Any]) -> TrainConfig:
@@ -121,14 +150,23 @@ class Study:
         e = self.space.get("epochs")
         if e is None:
             return TrainConfig.from_dict(self.base).epochs
-        return int(max(e) if self.kind == "grid" else max(e.values))
+        return int(max(e) if self.kind in ("grid", "boundary") else max(e.values))
 
     def summary(self) -> str:
         n = self.num_trials()
-        what = f"grid of {n} trials" if self.kind == "grid" else (
-            f"optuna ({self.sampler}) {n} trials, {self.max_concurrent} at a time, "
-            f"{'/'.join(f'{m} {d}' for m, d in zip(self.metric, self.mode))}")
+        if self.kind == "grid":
+            what = f"grid of {n} trials"
+        elif self.kind == "boundary":
+            lines = math.prod(len(v) for v in self.space.values())
+            what = (f"boundary search along {self.axis} in [{self.axis_range[0]:g}, {self.axis_range[1]:g}] "
+                    f"to a factor {self.resolution:g}, {lines} line(s), {self.probes_per_round} probes per "
+                    f"round, at most {n} trials")
+        else:
+            what = (f"optuna ({self.sampler}) {n} trials, {self.max_concurrent} at a time, "
+                    f"{'/'.join(f'{m} {d}' for m, d in zip(self.metric, self.mode))}")
         sched = ", ASHA" if self.scheduler else ""
+        if self.early_stop:
+            sched += f", early stop when {'/'.join(self.early_stop.labels)} is decided"
         return (f"study '{self.name}': {what}{sched}; up to {self.max_epochs()} epochs per trial; "
                 f"per trial cpu={self.cpu:g} gpu={self.gpu:g}")
 
@@ -176,14 +214,18 @@ def from_dict(data: Any) -> Study:
 
     search = data.get("search")
     if not isinstance(search, Mapping):
-        raise ConfigError("search", "required: a mapping with `kind: grid` or `kind: optuna` and a `space`")
+        raise ConfigError("search", "required: a mapping with `kind: grid`, `kind: optuna` or "
+                          "`kind: boundary` and a `space`")
     kind = search.get("kind")
     if kind not in KINDS:
         raise ConfigError("search.kind", f"{kind!r} is not allowed; one of {', '.join(KINDS)}")
-    _no_unknown(search, GRID_KEYS if kind == "grid" else OPTUNA_KEYS, "search",
-                hint="(only for kind: optuna)" if kind == "grid" else "")
+    allowed = {"grid": GRID_KEYS, "optuna": OPTUNA_KEYS, "boundary": BOUNDARY_KEYS}[kind]
+    _no_unknown(search, allowed, "search", hint="(only for kind: optuna)" if kind == "grid" else f"for kind: {kind}")
 
     space = search.get("space")
+    if kind == "boundary" and space is None:
+        space = {"seed": [base.get("seed", TrainConfig.seed)]}
+        base.pop("seed", None)
     if not isinstance(space, Mapping) or not space:
         raise ConfigError("search.space", "must be a non-empty mapping of TrainConfig fields to "
                           + ("lists of values" if kind == "grid" else "distributions"))
@@ -197,6 +239,9 @@ def from_dict(data: Any) -> Study:
                               metric=metric, mode=mode, source=dict(data))
     if kind == "grid":
         kw["space"] = {k: _grid_axis(k, v) for k, v in space.items()}
+    elif kind == "boundary":
+        kw["space"] = {k: _grid_axis(k, v) for k, v in space.items()}
+        kw.update(_boundary(search, base, kw["space"]))
     else:
         kw["space"] = {k: _distribution(k, v) for k, v in space.items()}
         kw["sampler"] = search.get("sampler", "tpe")
@@ -213,6 +258,7 @@ def from_dict(data: Any) -> Study:
     kw["epochs_per_report"] = _int(data.get("epochs_per_report", 1), "epochs_per_report", lo=1)
     kw["checkpoint_every"] = _int(data.get("checkpoint_every", 10), "checkpoint_every", lo=1)
     kw["max_failures"] = _int(data.get("max_failures", 3), "max_failures", lo=-1)
+    kw["early_stop"] = _early_stop(data.get("early_stop"))
 
     study = Study(**kw)
     _check_configs(study)
@@ -359,6 +405,66 @@ def _check_sampler(sampler: str, metric: tuple, space: dict):
             raise ConfigError("search.sampler", "cmaes needs the `cmaes` package (pip install cmaes)") from None
 
 
+def _boundary(search: Mapping, base: Mapping, space: Mapping) -> dict:
+    """search.axis/range/resolution/budget/probes_per_round/initial of kind: boundary."""
+    axis = search.get("axis")
+    if axis is None:
+        raise ConfigError("search.axis", "required for kind: boundary: the float TrainConfig field to "
+                          "search in log space, e.g. elr")
+    _check_field(axis, "search.axis")
+    if _field_type(axis) is not float:
+        raise ConfigError("search.axis", f"{axis} is not a float field; a boundary is searched in log "
+                          "space along a positive real axis (e.g. elr, lr, wd)")
+    if axis in space or axis in base:
+        where = "search.space" if axis in space else "base"
+        raise ConfigError(f"{where}.{axis}", f"is the searched axis; give its range in search.range only")
+    rng = search.get("range")
+    if not isinstance(rng, list) or len(rng) != 2:
+        raise ConfigError("search.range", f"required: [low, high] of {axis}, got {rng!r}")
+    lo, hi = (float(_number(v, "search.range")) for v in rng)
+    if not 0 < lo < hi:
+        raise ConfigError("search.range", f"needs 0 < low < high (log space), got [{lo:g}, {hi:g}]")
+    res = float(_number(search.get("resolution", 1.19), "search.resolution"))
+    if res <= 1:
+        raise ConfigError("search.resolution", f"{res:g} is out of range; allowed: > 1 (a factor in {axis}: "
+                          "a boundary is known when bracketed by two trials within this ratio)")
+    probes = _int(search.get("probes_per_round", 2), "search.probes_per_round", lo=1)
+    initial = _int(search.get("initial", 5), "search.initial", lo=2)
+    lines = math.prod(len(v) for v in space.values())
+    if "budget" not in search:
+        raise ConfigError("search.budget", "required for kind: boundary: the most trials to run "
+                          f"(at least initial x lines = {initial * lines})")
+    budget = _int(search["budget"], "search.budget", lo=1)
+    if budget < initial * lines:
+        raise ConfigError("search.budget", f"{budget} is too small: the first scan alone needs initial x "
+                          f"lines = {initial} x {lines} = {initial * lines} trials")
+    return {"axis": axis, "axis_range": (lo, hi), "resolution": res, "budget": budget,
+            "probes_per_round": probes, "initial": initial}
+
+
+def _early_stop(spec) -> EarlyStop | None:
+    """`early_stop: true` (defaults) or {window, min_epochs, labels}; absent/false = off."""
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        return EarlyStop()
+    if not isinstance(spec, Mapping):
+        raise ConfigError("early_stop", f"expected true or {{window: .., min_epochs: .., labels: [..]}}, "
+                          f"got {spec!r}")
+    _no_unknown(spec, EARLY_STOP_KEYS, "early_stop")
+    d = EarlyStop()
+    allowed = (CONVERGENCE, DIVERGENCE, CHAOTIC)
+    labels = spec.get("labels", list(d.labels))
+    if not isinstance(labels, list) or not labels:
+        raise ConfigError("early_stop.labels", f"expected a non-empty list of {', '.join(allowed)}")
+    for i, lab in enumerate(labels):
+        if lab not in allowed:
+            raise ConfigError(f"early_stop.labels[{i}]", f"{lab!r} is not allowed; one of {', '.join(allowed)}")
+    return EarlyStop(window=_int(spec.get("window", d.window), "early_stop.window", lo=2),
+                     min_epochs=_int(spec.get("min_epochs", d.min_epochs), "early_stop.min_epochs", lo=1),
+                     labels=tuple(dict.fromkeys(labels)))
+
+
 def _scheduler(spec, metric: tuple) -> Asha | None:
     if spec is None:
         return None
@@ -397,6 +503,11 @@ def _points_to_check(study: Study) -> Iterator[dict]:
     if study.kind == "grid":
         yield from study.grid_points()
         return
+    if study.kind == "boundary":
+        for point in study.grid_points():
+            for v in study.axis_range:
+                yield {**point, study.axis: v}
+        return
     keys = list(study.space)
     cands = [study.space[k].candidates() for k in keys]
     if math.prod(len(c) for c in cands) <= MAX_CHECKED_CORNERS:
@@ -423,6 +534,8 @@ def _check_configs(study: Study):
                     path += f".{study.space[field_name].kind}"
             elif field_name in study.base:
                 path = f"base.{field_name}"
+            elif study.kind == "boundary" and field_name == study.axis:
+                path = "search.range"
             else:
                 path = field_name
             message = str(e).split(": ", 1)[1]
