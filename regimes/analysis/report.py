@@ -6,6 +6,9 @@ Writes into <dir>/report/:
     training_curves*.png/.svg      paper Fig. 1 style, one line per ELR
     regime_strip.png/.svg          final loss / accuracy vs ELR, regime bands, boundaries
     phase_diagram_<x>_<y>.png/.svg one per pair (main axis, other axis), if two axes vary
+    schedules.csv, schedule_ranking.png/.svg, schedule_curves.png/.svg
+                                   a schedule search (some trial's schedule is not constant, or
+                                   --baseline given): best schedules vs best constant ELR, gain
     report.md                      the figures, the regime table and the boundary table
 and adds `regime` + `regime_*` evidence columns to <dir>/trials.parquet (atomic rewrite).
 """
@@ -24,6 +27,7 @@ import pyarrow.parquet as pq
 
 from .. import regime as R
 from ..config import ConfigError
+from . import schedules as S
 from .load import Study, boundaries, classify, load_study, majority_table
 
 FORMATS = ("png", "svg")
@@ -42,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-update-trials", action="store_true",
                    help="do not add the regime columns to trials.parquet")
     p.add_argument("--formats", default=",".join(FORMATS), help="figure formats, comma separated (png,svg)")
+    p.add_argument("--baseline", action="append", default=[], metavar="DIR",
+                   help="results folder of a companion study (a constant-ELR grid, or seed replicates of "
+                        "the best schedules) pooled with this one in the schedule comparison; repeatable")
 
 
 def main(args) -> int:
@@ -54,7 +61,7 @@ def main(args) -> int:
             raise ConfigError("--formats", f"{f!r} is not allowed; use png, svg or pdf")
     res = make_report(args.results, out=args.out, x=args.x, y=args.y, rules=parse_rules(args.rule),
                       annotate=not args.no_annotate, update_trials=not args.no_update_trials,
-                      formats=formats)
+                      formats=formats, baselines=args.baseline)
     print(res["summary"])
     if res["phase_diagrams"]:
         print(f"phase diagram: {res['phase_diagrams'][0]}")
@@ -83,13 +90,14 @@ def parse_rules(tokens) -> R.RegimeRules:
 
 # ---------------------------------------------------------------------------
 def make_report(results, *, out=None, x=None, y=None, rules: R.RegimeRules = R.RegimeRules(),
-                annotate: bool = True, update_trials: bool = True, formats=FORMATS) -> dict:
+                annotate: bool = True, update_trials: bool = True, formats=FORMATS, baselines=()) -> dict:
     """Everything `regimes report` writes; returns the paths and a text summary."""
     import matplotlib.pyplot as plt
 
     from .plots import plot_phase_diagram, plot_regime_strip, plot_training_curves
 
     study = load_study(results)
+    companions = [load_study(b) for b in baselines]
     for flag, a in (("--x", x), ("--y", y)):
         if a is not None and a not in study.axes:
             raise ConfigError(flag, f"{a!r} is not a varying axis of this study; axes: "
@@ -106,7 +114,7 @@ def make_report(results, *, out=None, x=None, y=None, rules: R.RegimeRules = R.R
     labels.to_csv(out / "regimes.csv", index=False)
     bounds.to_csv(out / "boundaries.csv", index=False)
 
-    figures: dict[str, list[Path]] = {"curves": [], "strip": [], "phase": []}
+    figures: dict[str, list[Path]] = {"curves": [], "strip": [], "phase": [], "schedules": []}
     notes: list[str] = []
 
     def save(fig, stem, kind):
@@ -156,10 +164,21 @@ def make_report(results, *, out=None, x=None, y=None, rules: R.RegimeRules = R.R
         if not trials_updated:
             notes.append("no trials.parquet yet: regime columns not added to it")
 
+    comparison, schedule_md = None, []
+    if companions or S.is_schedule_study(study):
+        comparison = S.compare([study, *companions])
+        S.table(comparison, top=len(comparison.groups)).to_csv(out / "schedules.csv", index=False)
+        if not comparison.groups.empty:
+            save(S.plot_ranking(comparison), "schedule_ranking", "schedules")
+            save(S.plot_curves(comparison, [study, *companions]), "schedule_curves", "schedules")
+        schedule_md = S.markdown(comparison, [Path(b) for b in baselines], figures["schedules"], out)
+
     summary = text_summary(study, labels, bounds, x)
+    if comparison is not None:
+        summary += "\n" + "\n".join(S.summary_lines(comparison))
     report = out / "report.md"
-    report.write_text(_markdown(study, labels, bounds, x, figures, notes, rules, out))
-    return {"out": out, "report": report, "labels": labels, "boundaries": bounds,
+    report.write_text(_markdown(study, labels, bounds, x, figures, notes, rules, out, schedule_md))
+    return {"schedules": comparison, "out": out, "report": report, "labels": labels, "boundaries": bounds,
             "figures": [p for v in figures.values() for p in v], "phase_diagrams": figures["phase"], "strips": figures["strip"],
             "trials_updated": trials_updated, "summary": summary, "notes": notes}
 
@@ -254,7 +273,7 @@ def text_summary(study: Study, labels: pd.DataFrame, bounds: pd.DataFrame, x: st
     return "\n".join(lines)
 
 
-def _markdown(study, labels, bounds, x, figures, notes, rules, out: Path) -> str:
+def _markdown(study, labels, bounds, x, figures, notes, rules, out: Path, schedule_md=()) -> str:
     rel = lambda p: os.path.relpath(p, out)
     counts = labels["regime"].value_counts()
     md = [f"# Regime report: {study.name}", "",
@@ -266,7 +285,8 @@ def _markdown(study, labels, bounds, x, figures, notes, rules, out: Path) -> str
           "at the end: train longer).", "",
           "| regime | trials |", "|---|---|"]
     md += [f"| {k} | {counts.get(k, 0)} |" for k in R.LABELS]
-    md += ["", "## Boundaries", ""]
+    md += ["", *schedule_md]
+    md += ["## Boundaries", ""]
     if x:
         md += [f"Where the regime changes along `{x}`: per seed the geometric midpoint of the two "
                "neighbouring grid points with different labels (unresolved points stepped over); "
