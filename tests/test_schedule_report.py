@@ -163,3 +163,49 @@ def test_plain_constant_study_has_no_schedule_section_unless_asked(tmp_path, cap
     # a bad --baseline path: one clear message, exit 2
     assert _cli(tmp_path / "grid", "--baseline", tmp_path / "nope") == 2
     assert "nope" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- a tiny real search
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_tiny_optuna_schedule_search_on_digits_then_report(ray_local, tmp_path, capsys):
+    """The digits schedule study shrunk (4 trials, width 4, 3 epochs), through `regimes sweep`."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from regimes.cli import main
+
+    spec = yaml.safe_load(Path("studies/elr_schedule_optuna_digits.yaml").read_text())
+    spec["name"] = "tiny-schedules"
+    spec["base"].update(width=4, epochs=3, subset=256)
+    spec["search"].update(num_samples=4, sampler_seed=1)
+    spec["search"]["space"]["schedule"] = {"choice": ["constant", "two_phase"]}
+    spec["scheduler"].update(grace_period=2, reduction_factor=2)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["sweep", str(tmp_path / "spec.yaml"), "--storage", str(tmp_path), "--quiet"]) == 0
+    root = tmp_path / "tiny-schedules"
+    capsys.readouterr()
+    assert _cli(root) == 0
+    out = capsys.readouterr().out
+
+    trials = pq.read_table(root / "trials.parquet").to_pandas()
+    assert len(trials) == 4 and set(trials["schedule"]) == {"constant", "two_phase"}   # seeded sampler
+    finished = trials[(trials["epochs_done"] == 3) & trials["status"].isin(["completed", "diverged"])]
+    table = pd.read_csv(root / "report" / "schedules.csv")
+    assert table["n"].sum() == len(finished)           # one seed each: one row per finished trial
+    # the report's winners are the trials' own best final accuracies, per kind
+    for kind, name in ((finished["schedule"] != "constant", "best schedule"),
+                       (finished["schedule"] == "constant", "best constant")):
+        if kind.any():
+            top = finished[kind].sort_values("final_test_acc", ascending=False).iloc[0]
+            assert f"{name}: {top['schedule']} elr {top['elr']:.3g}" in out
+            assert f"test_acc {top['final_test_acc']:.4f} (n=1)" in out
+    assert (root / "report" / "schedule_curves.png").is_file()
