@@ -68,11 +68,11 @@ def write_trial_epochs(root, trial_id: str, rows: list[dict]) -> Path:
     """(Re)write one trial's epoch rows as epochs/trial_id=<id>/data.parquet, atomically."""
     folder = Path(root) / "epochs" / f"trial_id={trial_id}"
     rows = [{k: v for k, v in r.items() if k != "trial_id"} for r in rows]
-    return _atomic_write(pa.Table.from_pylist(rows), folder / "data.parquet")
+    return atomic_write(pa.Table.from_pylist(rows), folder / "data.parquet")
 
 
 def write_trials(root, rows: list[dict]) -> Path:
-    return _atomic_write(pa.Table.from_pylist(rows), Path(root) / "trials.parquet")
+    return atomic_write(pa.Table.from_pylist(rows), Path(root) / "trials.parquet")
 
 
 def read_epochs(root) -> pa.Table:
@@ -81,7 +81,8 @@ def read_epochs(root) -> pa.Table:
     return ds.dataset(Path(root) / "epochs", format="parquet", partitioning="hive").to_table()
 
 
-def _atomic_write(table: pa.Table, path: Path) -> Path:
+def atomic_write(table: pa.Table, path: Path) -> Path:
+    """Write `table` to `path` via a temp file in the same folder and os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
     os.close(fd)

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +26,7 @@ import pyarrow.parquet as pq
 
 from .. import regime as R
 from ..config import ConfigError
+from ..results import atomic_write
 from . import schedules as S
 from .load import Study, boundaries, classify, load_study, majority_table
 
@@ -110,7 +110,7 @@ def make_report(results, *, out=None, x=None, y=None, rules: R.RegimeRules = R.R
     labels = classify(study, rules)
     x = x or study.main_axis
     bounds = boundaries(study, labels, x)
-    _atomic_parquet(pa.Table.from_pandas(labels, preserve_index=False), out / "regimes.parquet")
+    atomic_write(pa.Table.from_pandas(labels, preserve_index=False), out / "regimes.parquet")
     labels.to_csv(out / "regimes.csv", index=False)
     bounds.to_csv(out / "boundaries.csv", index=False)
 
@@ -207,20 +207,8 @@ def add_regimes_to_trials(path: Path, labels: pd.DataFrame) -> bool:
         .set_index("trial_id").reindex(ids)
     for c in cols:
         table = table.append_column(c, pa.Array.from_pandas(aligned[c].reset_index(drop=True)))
-    _atomic_parquet(table, path)
+    atomic_write(table, path)
     return True
-
-
-def _atomic_parquet(table: pa.Table, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------
