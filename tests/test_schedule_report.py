@@ -193,7 +193,7 @@ def test_tiny_optuna_schedule_search_on_digits_then_report(ray_local, tmp_path, 
     assert main(["sweep", str(tmp_path / "spec.yaml"), "--storage", str(tmp_path), "--quiet"]) == 0
     root = tmp_path / "tiny-schedules"
     capsys.readouterr()
-    assert _cli(root) == 0
+    assert _cli(root, "--formats", "png") == 0
     out = capsys.readouterr().out
 
     trials = pq.read_table(root / "trials.parquet").to_pandas()
