@@ -51,7 +51,7 @@ def test_demo_study_is_a_small_cpu_elr_grid():
     assert (cfg.dataset, cfg.mode, study.gpu) == ("digits", "sphere", 0.0)
     elrs = study.space["elr"]
     assert min(elrs) <= 1e-4 and max(elrs) >= 1.0 and len(study.space["seed"]) >= 2
-    assert study.num_trials() * cfg.epochs <= 400        # minutes on 2 cores
+    assert study.num_trials() * cfg.epochs <= 500        # a few minutes on 2 cores
 
 
 def test_figure1_study_matches_the_paper_setup():
@@ -385,3 +385,36 @@ def test_only_optuna_trials_unknown_to_tune_are_failed(tmp_path):
     assert {t.user_attrs["tune_trial_id"]: t.state for t in trials} == {
         "done": ot.trial.TrialState.COMPLETE, "resumable": ot.trial.TrialState.RUNNING,
         "orphan": ot.trial.TrialState.FAIL}
+
+
+def test_a_torn_tune_snapshot_is_set_aside_for_the_previous_one(tmp_path):
+    import pickle
+
+    from regimes.study.launch import _set_aside_damaged_tune_state
+
+    s = spec.from_dict(optuna({"elr": {"loguniform": [1e-3, 1.0]}}))
+    store = StudyStore(str(tmp_path), s.name)
+    folder = tmp_path / "t"
+    folder.mkdir()
+
+    def snapshot(session, torn=False):
+        (folder / f"experiment_state-{session}.json").write_text('{"trials": []}')
+        (folder / f"search_gen_state-{session}.json").write_text('{"counter": 1}')
+        data = pickle.dumps({"state": list(range(100))})
+        (folder / f"searcher-state-{session}.pkl").write_bytes(data[: len(data) // 2] if torn else data)
+
+    snapshot("2026-01-01_10-00-00")
+    snapshot("2026-01-01_11-00-00", torn=True)          # the driver died while Tune copied it
+    _set_aside_damaged_tune_state(s, store)
+    assert sorted(p.name for p in folder.glob("*state-*")) == [
+        "experiment_state-2026-01-01_10-00-00.json", "search_gen_state-2026-01-01_10-00-00.json",
+        "searcher-state-2026-01-01_10-00-00.pkl"]
+    assert (folder / ".damaged-2026-01-01_11-00-00" / "searcher-state-2026-01-01_11-00-00.pkl").exists()
+    _set_aside_damaged_tune_state(s, store)              # an intact newest snapshot is left alone
+    assert len(list(folder.glob("*state-*"))) == 3
+
+    for f in folder.glob("*state-*"):
+        f.unlink()
+    snapshot("2026-01-01_12-00-00", torn=True)          # no earlier snapshot to fall back to
+    with pytest.raises(ConfigError, match="--restart"):
+        _set_aside_damaged_tune_state(s, store)
