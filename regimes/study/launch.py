@@ -12,9 +12,11 @@ checkpoint. `--restart` deletes the study folder and starts over.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections import Counter
+from pathlib import Path
 
 from regimes.config import ConfigError
 
@@ -64,6 +66,26 @@ def _summary_line(path, study: Study) -> str:
     return f"{path}: ok - {study.summary()}"
 
 
+def _print_brackets(store: StudyStore) -> None:
+    """The boundary search's brackets per line, from boundary_search.json."""
+    import json
+
+    from .boundary import SUMMARY_FILE
+
+    path = store.local_dir / SUMMARY_FILE
+    if not path.exists():
+        return
+    s = json.loads(path.read_text())
+    print(f"boundary search along {s['axis']}: {s['trials']} trials"
+          + ("" if s["finished"] else " (not finished: budget spent or interrupted)"))
+    for line in s["lines"]:
+        where = ", ".join(f"{k}={v}" for k, v in line["point"].items()) or "-"
+        for b in line["brackets"] or [{"boundary": "none in range", "lo": math.nan, "hi": math.nan,
+                                        "ratio": math.nan, "known": True}]:
+            print(f"  {where}: {b['boundary']} in [{b['lo']:.4g}, {b['hi']:.4g}] (x{b['ratio']:.3g}"
+                  f"{'' if b['known'] else ', wider than the resolution'})")
+
+
 # --- the study ---------------------------------------------------------------
 def run_study(study: Study, store: StudyStore | str = "results", *, address: str | None = None,
               restart: bool = False, num_cpus: int | None = None, verbose: int = 1,
@@ -95,6 +117,7 @@ def run_study(study: Study, store: StudyStore | str = "results", *, address: str
         store.pull()
         if tune.Tuner.can_restore(store.study_path):
             _check_same_spec(study, store)
+            _set_aside_damaged_tune_state(study, store)
             print(f"resuming study '{study.name}' from {store.study_path}", flush=True)
             tuner = tune.Tuner.restore(store.study_path, trainable=trainable,
                                        resume_unfinished=True, resume_errored=True)
@@ -119,6 +142,11 @@ def _new_tuner(study: Study, store: StudyStore, trainable, verbose: int, callbac
     if study.kind == "grid":
         param_space = {k: tune.grid_search(list(v)) for k, v in study.space.items()}
         search_alg, num_samples = None, 1
+    elif study.kind == "boundary":
+        from .boundary import BoundarySearch
+
+        search_alg = BoundarySearch.from_study(study, summary_dir=store.local_dir, on_summary=store.push)
+        param_space, num_samples = {}, study.budget
     else:
         param_space, search_alg, num_samples = {}, make_searcher(study, store.journal_path), study.num_samples
     run_config = tune.RunConfig(
@@ -135,6 +163,56 @@ def _new_tuner(study: Study, store: StudyStore, trainable, verbose: int, callbac
     tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=make_scheduler(study),
                                   num_samples=num_samples, reuse_actors=True)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+_GRID_STATE = ("experiment_state-", "basic-variant-state-")
+_SEARCHER_STATE = ("experiment_state-", "search_gen_state-", "searcher-state-")   # optuna, other searchers
+
+
+def _set_aside_damaged_tune_state(study: Study, store: StudyStore) -> None:
+    """Make Tune resume from its newest *complete* snapshot.
+
+    Tune copies each snapshot (one set of files per driver session) from its
+    staging dir into the study folder file by file; a driver killed during the
+    copy leaves a truncated file, and Tune would then silently start the
+    experiment over in the same folder. A damaged newest set is moved to
+    `.damaged-<session>/` so Tune falls back to the previous session's set.
+    """
+    import json
+    import pickle
+
+    if store.remote:
+        return      # object stores write whole objects: no torn files
+    folder = Path(store.study_path)
+    sessions: dict[str, list[Path]] = {}
+    families = _GRID_STATE if study.kind == "grid" else _SEARCHER_STATE
+    for prefix in families:
+        for f in folder.glob(f"{prefix}*"):
+            sessions.setdefault(f.name[len(prefix):].rsplit(".", 1)[0], []).append(f)
+
+    def intact(files: list[Path]) -> bool:
+        if len(files) != len(families):
+            return False
+        try:
+            for f in files:
+                data = f.read_bytes()
+                # some of Tune's ".json" files are pickles (protocol 2+ starts with 0x80)
+                pickle.loads(data) if data[:1] == b"\x80" else json.loads(data)
+        except Exception:  # any unreadable file: a torn write
+            return False
+        return True
+
+    for session in sorted(sessions, reverse=True):
+        if intact(sessions[session]):
+            return
+        aside = folder / f".damaged-{session}"
+        aside.mkdir(exist_ok=True)
+        for f in sessions[session]:
+            os.replace(f, aside / f.name)
+        print(f"Tune's snapshot of session {session} was cut short (driver killed while writing it); "
+              f"set aside in {aside}", flush=True)
+    raise ConfigError(str(folder), "Ray Tune's saved state is damaged (the driver was killed while "
+                      "writing its first snapshot); rerun with --restart to start the study over")
 
 
 def _write_spec_copy(study: Study, store: StudyStore) -> None:
@@ -173,6 +251,8 @@ def report(study: Study, store: StudyStore, grid) -> int:
     print(f"results: {store.study_path}/epochs/ and {store.study_path}/trials.parquet")
     if study.kind == "optuna":
         print(f"optuna: optuna-dashboard {store.journal_path}")
+    if study.kind == "boundary":
+        _print_brackets(store)
     errors = [r for r in grid if r.error is not None]
     for r in errors:
         print(f"trial errored: {r.path}: {type(r.error).__name__}: {r.error}", file=sys.stderr)

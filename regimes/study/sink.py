@@ -28,17 +28,19 @@ from regimes.config import TrainConfig
 
 from .spec import Study
 from .storage import StudyStore
-from .trainable import RECORDS_KEY
+from .trainable import DECIDED_KEY, RECORDS_KEY
 
 log = logging.getLogger(__name__)
 _ROW_ONLY = ("study", "schema_version", "trial_id")
 
 
 def trial_status(tune_status: str, records: list[dict], cfg: TrainConfig, scheduled: bool = True) -> str:
-    """completed | diverged | stopped (early, by a scheduler) | errored | running.
+    """completed | diverged | stopped_decided | stopped (early, by a scheduler) | errored | running.
 
-    A trial Tune ended before its last epoch was stopped by the scheduler or,
-    without one, interrupted (Ctrl-C): it is still `running` and resumes.
+    A trial that ended itself because its regime was decided (early_stop) is
+    `stopped_decided`. Any other trial Tune ended before its last epoch was
+    stopped by the scheduler or, without one, interrupted (Ctrl-C): it is still
+    `running` and resumes.
     """
     if tune_status == "ERROR":
         return "errored"
@@ -46,6 +48,8 @@ def trial_status(tune_status: str, records: list[dict], cfg: TrainConfig, schedu
         return "running"
     if records and records[-1].get("diverged"):
         return "diverged"
+    if records and records[-1].get(DECIDED_KEY):
+        return "stopped_decided"
     if not records or records[-1]["epoch"] < cfg.epochs:
         return "stopped" if scheduled else "running"
     return "completed"
@@ -148,6 +152,8 @@ class ParquetSink(tune.Callback):
             cfg = self._config(trial)
             extra = {**self._provenance(), **self._where.get(trial.trial_id, {}),
                      "num_failures": int(getattr(trial, "num_failures", 0))}
+            if records and records[-1].get(DECIDED_KEY):
+                extra["regime"] = records[-1][DECIDED_KEY]    # the report relabels every trial later
             rows.append(results.trial_summary(cfg, records, self.study.name, trial.trial_id,
                                               trial_status(trial.status, records, cfg,
                                                            scheduled=self.study.scheduler is not None),

@@ -3,6 +3,7 @@
     <storage>/<name>/                  Ray Tune's experiment folder (state, trial dirs, checkpoints)
     <storage>/<name>/study.yaml        the spec this study was started with
     <storage>/<name>/optuna.journal    Optuna JournalStorage (kind: optuna)
+    <storage>/<name>/boundary_search.json   brackets of a boundary search (kind: boundary)
     <storage>/<name>/epochs/           Parquet, one file per trial (hive: trial_id=...)
     <storage>/<name>/trials.parquet    one row per trial
 
@@ -24,7 +25,8 @@ from regimes.config import ConfigError
 
 JOURNAL = "optuna.journal"
 SPEC_COPY = "study.yaml"
-OWN_FILES = ("epochs", "trials.parquet", JOURNAL, SPEC_COPY)
+BOUNDARIES = "boundary_search.json"    # kind: boundary: the searcher's brackets per line
+OWN_FILES = ("epochs", "trials.parquet", JOURNAL, SPEC_COPY, BOUNDARIES)
 
 
 def is_uri(storage: str) -> bool:

@@ -12,6 +12,14 @@ A diverging trial is a result, not a crash: the core yields a last record with
 `diverged=True` and NaN/inf losses and stops; here the study's objectives are
 replaced by finite stand-ins (`finite_objective`) so Optuna and ASHA always see
 a number.
+
+The trainable keeps the trial's trajectory (train loss, accuracy, eff. grad
+norm per epoch; saved with every checkpoint) and labels it with the core
+classifier: a trial's last report carries `regime` (read by the boundary
+search). With `early_stop` in the spec, after every epoch it asks
+`regimes.regime.stop_decision` whether the regime is decided; if so the trial
+ends there, its records carry `decided_regime` (None before the last) and the
+sink marks it `stopped_decided`.
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ import tempfile
 
 from ray import tune
 
+from regimes import regime as R
 from regimes.config import ConfigError
 from regimes.train import Trainer
 
@@ -30,6 +39,10 @@ from .spec import Study
 
 CHECKPOINT_FILE = "trainer.pt"
 LAST_RECORD_FILE = "last_record.json"   # the record the checkpoint was taken after
+HISTORY_FILE = "trajectory.json"         # the series the regime classifier reads, up to the checkpoint
+REGIME_KEY = "regime"            # the trial's label, in its last report
+DECIDED_KEY = "decided_regime"   # in records: the label an early-stopped trial stopped with
+TRAJECTORY = ("epoch", "train_loss", "train_acc", "eff_grad_norm")
 RECORDS_KEY = "records"          # list of epoch records in one report (the Parquet rows)
 WORST = 1e9                      # stand-in for a non-finite objective that is neither a loss nor an accuracy
 
@@ -50,6 +63,40 @@ def finite_objective(metric: str, value, num_classes: int, mode: str) -> float:
     return WORST if mode == "min" else -WORST
 
 
+class Trajectory:
+    """The per-epoch series a trial's regime is read from (a few floats per epoch)."""
+
+    def __init__(self, data: dict | None = None):
+        self.data = {k: list((data or {}).get(k, [])) for k in TRAJECTORY}
+        self.diverged = bool((data or {}).get("diverged", False))
+        self.num_classes = int((data or {}).get("num_classes", 2))
+
+    def add(self, rec: dict) -> None:
+        for k in TRAJECTORY:
+            self.data[k].append(float(rec.get(k, math.nan)))
+        self.diverged |= bool(rec.get("diverged", False))
+        self.num_classes = int(rec["num_classes"])
+
+    def to_dict(self) -> dict:
+        return {**self.data, "diverged": self.diverged, "num_classes": self.num_classes}
+
+    def _args(self):
+        d = self.data
+        return (d["train_loss"], d["train_acc"], d["eff_grad_norm"], self.num_classes), \
+            {"diverged": self.diverged, "epochs": d["epoch"]}
+
+    def label(self) -> str:
+        if not self.data["epoch"]:
+            return R.UNRESOLVED
+        args, kw = self._args()
+        return R.classify(*args, **kw).label
+
+    def decision(self, stop: R.EarlyStop) -> str | None:
+        args, kw = self._args()
+        c = R.stop_decision(*args, **kw, stop=stop)
+        return None if c is None else c.label
+
+
 def run_trial(config: dict, study: Study) -> None:
     """Function trainable: train one trial of `study`, reporting every epoch record."""
     # Tune moves the worker into the trial folder; a relative data_root means the job's folder.
@@ -59,18 +106,23 @@ def run_trial(config: dict, study: Study) -> None:
         trainer = Trainer(cfg)      # e.g. data_root missing on this node
     except ConfigError as e:        # re-raised as a plain error: Ray copies trial exceptions
         raise RuntimeError(f"trial config {config}: {e}") from None
-    restored_from, last_rec = 0, None
+    restored_from, last_rec, traj = 0, None, Trajectory()
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer.restore(os.path.join(d, CHECKPOINT_FILE))
             with open(os.path.join(d, LAST_RECORD_FILE)) as fh:
                 last_rec = json.load(fh)
+            if os.path.exists(os.path.join(d, HISTORY_FILE)):
+                with open(os.path.join(d, HISTORY_FILE)) as fh:
+                    traj = Trajectory(json.load(fh))
         restored_from = trainer.epoch
 
-    def report(rec: dict, records: list[dict], save: bool) -> None:
+    def report(rec: dict, records: list[dict], save: bool, last: bool = False) -> None:
         metrics = {**rec, RECORDS_KEY: records, "restored_from_epoch": restored_from,
                    "trial_host": socket.gethostname(), "trial_device": str(trainer.device)}
+        if last:
+            metrics[REGIME_KEY] = rec.get(DECIDED_KEY) or traj.label()
         for m, mode in zip(study.metric, study.mode):
             metrics[m] = finite_objective(m, rec.get(m), rec["num_classes"], mode)
         if not save:
@@ -80,20 +132,31 @@ def run_trial(config: dict, study: Study) -> None:
             trainer.save(os.path.join(d, CHECKPOINT_FILE))
             with open(os.path.join(d, LAST_RECORD_FILE), "w") as fh:
                 json.dump(rec, fh)      # NaN/inf allowed: Python's json writes them
+            with open(os.path.join(d, HISTORY_FILE), "w") as fh:
+                json.dump(traj.to_dict(), fh)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    if last_rec is not None and (last_rec["diverged"] or last_rec["epoch"] >= cfg.epochs):
+    if last_rec is not None and (last_rec["diverged"] or last_rec["epoch"] >= cfg.epochs
+                                 or last_rec.get(DECIDED_KEY)):
         # Restored from the final checkpoint (the driver died before Tune saw the trial end):
         # nothing left to train; say the last word again so Tune and the searcher get it.
-        report(last_rec, [last_rec], save=False)
+        report(last_rec, [last_rec], save=False, last=True)
         return
 
     pending: list[dict] = []
     for rec in trainer.run():
-        pending.append(rec)
+        traj.add(rec)
         epoch = rec["epoch"]
         last = rec["diverged"] or epoch >= cfg.epochs
+        if study.early_stop is not None:
+            rec = {**rec, DECIDED_KEY: None}       # same columns in every epoch row
+            decided = None if last else traj.decision(study.early_stop)
+            if decided is not None:
+                rec[DECIDED_KEY], last = decided, True
+        pending.append(rec)
         save = last or epoch % study.checkpoint_every == 0
         if save or epoch % study.epochs_per_report == 0:
-            report(rec, pending, save)
+            report(rec, pending, save, last)
             pending = []
+        if last:
+            break

@@ -1,0 +1,173 @@
+"""Boundary search vs a dense log-grid of ELRs, each with and without early stopping.
+
+    python benchmarks/boundary_search.py                 # ~10 min on 2 CPU cores
+    python benchmarks/boundary_search.py --smoke-test    # seconds: tiny net, 4 epochs
+
+Real training on digits (convnet_si width 8, batch 16, no augmentation, sphere
+mode, 20 epochs, one seed), through `regimes.study.launch.run_study` on a
+local Ray: exactly what `regimes sweep` runs.
+
+- grid:         ELRs evenly spaced in log over [lo, hi], neighbours a factor
+                `resolution` apart, so every boundary is bracketed within it.
+- grid + ES:    the same grid with regime-aware early stopping. Not re-run: CPU
+                training is deterministic per seed and `stop_decision` reads only
+                the trajectory so far, so the trainable would stop each trial at
+                the first epoch where `stop_decision` on the recorded prefix
+                says so; that prefix is replayed here from the grid's Parquet.
+- search:       `kind: boundary` to the same resolution.
+- search + ES:  the same with `early_stop`, run for real.
+
+Prints trials and trained epochs of each, the boundaries each found, the
+ratios, and whether early stopping changed any label. Targets (issue 6):
+search <= 1/3 of the grid's epochs with the same boundaries within the
+resolution; early stopping saves >= 30% of epochs with unchanged labels.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from regimes import regime as R
+from regimes.analysis.load import boundaries, classify, load_study
+from regimes.study import spec
+from regimes.study.boundary import log_grid
+from regimes.study.launch import run_study
+
+BASE = {"dataset": "digits", "model": "convnet_si", "width": 8, "mode": "sphere", "batch_size": 16,
+        "augment": False, "epochs": 20, "device": "cpu", "seed": 0}
+SMOKE = {"width": 4, "epochs": 4, "subset": 256, "batch_size": 32}
+
+
+def run(name: str, search: dict, base: dict, storage: str, early_stop: bool):
+    source = {"name": name, "base": base, "search": search, "resources": {"cpu": 1},
+              "checkpoint_every": 1000}
+    if early_stop:
+        source["early_stop"] = True
+    study = spec.from_dict(source)
+    t0 = time.time()
+    run_study(study, storage, verbose=0)
+    wall = time.time() - t0
+    res = load_study(Path(storage) / name)
+    labels = classify(res)
+    return study, res, labels, wall
+
+
+def grid_with_early_stop(res, labels, stop: R.EarlyStop):
+    """Replay the trainable's early-stop decision on each recorded trajectory: (epochs, labels)."""
+    epochs, stopped_labels = {}, {}
+    for tid, ep in res.epochs.groupby("trial_id"):
+        ep = ep.sort_values("epoch")
+        col = lambda m: ep[m].to_numpy(dtype=float)
+        n = len(ep)
+        stop_at, lab = n, None
+        for k in range(1, n):          # the trainable never stops at the last epoch
+            c = R.stop_decision(col("train_loss")[:k], col("train_acc")[:k], col("eff_grad_norm")[:k],
+                                int(ep["num_classes"].iloc[0]), diverged=bool(ep["diverged"].iloc[:k].any()),
+                                epochs=col("epoch")[:k], stop=stop)
+            if c is not None:
+                stop_at, lab = k, c.label
+                break
+        if lab is None:
+            lab = labels.set_index("trial_id").loc[tid, "regime"]
+        epochs[tid], stopped_labels[tid] = stop_at, lab
+    return epochs, stopped_labels
+
+
+def bounds_of(res, labels) -> dict[str, float]:
+    b = boundaries(res, labels, "elr")
+    return {r["boundary"]: float(r["value"]) for _, r in b.iterrows()}
+
+
+def fmt_bounds(b: dict) -> str:
+    return ", ".join(f"{k.replace('chaotic_equilibrium', 'chaotic')} {v:.3g}" for k, v in sorted(b.items(), key=lambda kv: kv[1])) or "none"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lo", type=float, default=1e-4)
+    p.add_argument("--hi", type=float, default=1.0)
+    p.add_argument("--resolution", type=float, default=1.19)
+    p.add_argument("--probes", type=int, default=2, help="probes per round")
+    p.add_argument("--initial", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--storage", default=None, help="results folder (default: a temp dir)")
+    p.add_argument("--smoke-test", action="store_true")
+    a = p.parse_args(argv)
+
+    import ray
+
+    base = {**BASE, "epochs": a.epochs, **(SMOKE if a.smoke_test else {})}
+    n_grid = math.ceil(math.log(a.hi / a.lo) / math.log(a.resolution) - 1e-9) + 1
+    grid_elrs = log_grid(a.lo, a.hi, n_grid)
+    ratio = (a.hi / a.lo) ** (1 / (n_grid - 1))
+    storage = a.storage or tempfile.mkdtemp(prefix="boundary-bench-")
+    print(f"digits, {base['model']} width {base['width']}, batch {base['batch_size']}, {base['epochs']} epochs, "
+          f"seed 0; ELR in [{a.lo:g}, {a.hi:g}], resolution x{a.resolution:g} (grid: {n_grid} points, "
+          f"x{ratio:.4f} apart); results in {storage}", flush=True)
+    boundary = {"kind": "boundary", "axis": "elr", "range": [a.lo, a.hi], "resolution": a.resolution,
+                "budget": n_grid, "probes_per_round": a.probes, "initial": a.initial}
+    rows = {}
+    ray.init(address="local", num_cpus=a.cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        _, g, gl, gw = run("grid", {"kind": "grid", "space": {"elr": grid_elrs}}, base, storage, False)
+        print(f"grid done in {gw:.0f} s", flush=True)
+        _, s, sl, sw = run("search", boundary, base, storage, False)
+        print(f"search done in {sw:.0f} s", flush=True)
+        _, se, sel, sew = run("search-es", boundary, base, storage, True)
+        print(f"search + early stop done in {sew:.0f} s", flush=True)
+    finally:
+        ray.shutdown()
+
+    stop = R.EarlyStop()
+    ge_epochs, ge_labels = grid_with_early_stop(g, gl, stop)
+    full = dict(zip(gl["trial_id"], gl["regime"]))
+    grid_changed = sum(ge_labels[t] != full[t] for t in full)
+    ge_bounds = R.estimate_boundaries(gl.set_index("trial_id").loc[list(ge_labels), "elr"].to_numpy(float),
+                                      [ge_labels[t] for t in ge_labels])
+    # search + ES probes the same ELRs as the search when no label changes: compare at shared ELRs
+    lab_s = dict(zip(np.round(sl["elr"].astype(float), 12), sl["regime"]))
+    lab_se = dict(zip(np.round(sel["elr"].astype(float), 12), sel["regime"]))
+    shared = sorted(set(lab_s) & set(lab_se))
+    search_changed = sum(lab_s[x] != lab_se[x] for x in shared)
+
+    rows["grid"] = (len(gl), int(g.trials["epochs_done"].sum()), bounds_of(g, gl), gw)
+    rows["grid + early stop (replayed)"] = (len(gl), int(sum(ge_epochs.values())),
+                                            {b.name: b.value for b in ge_bounds}, math.nan)
+    rows["search"] = (len(sl), int(s.trials["epochs_done"].sum()), bounds_of(s, sl), sw)
+    rows["search + early stop"] = (len(sel), int(se.trials["epochs_done"].sum()), bounds_of(se, sel), sew)
+
+    grid_epochs = rows["grid"][1]
+    print()
+    print(f"{'run':30s} {'trials':>6s} {'epochs':>7s} {'vs grid':>8s} {'wall s':>7s}  boundaries (ELR)")
+    for k, (n, e, b, w) in rows.items():
+        print(f"{k:30s} {n:6d} {e:7d} {e / grid_epochs:8.3f} {w:7.0f}  {fmt_bounds(b)}")
+    print()
+    gb, sb = rows["grid"][2], rows["search"][2]
+    for name in sorted(set(gb) | set(sb)):
+        if name in gb and name in sb:
+            f = max(gb[name], sb[name]) / min(gb[name], sb[name])
+            ok = "same" if f <= a.resolution * (1 + 1e-9) else "DIFFERENT"
+            print(f"boundary {name}: grid {gb[name]:.4g}, search {sb[name]:.4g}, factor {f:.3f} "
+                  f"({ok} within x{a.resolution:g})")
+        else:
+            print(f"boundary {name}: only in {'grid' if name in gb else 'search'}")
+    print(f"search / grid epochs:                       {rows['search'][1] / grid_epochs:.3f}  (target <= 0.333)")
+    print(f"early stop saving, grid:                    {1 - rows['grid + early stop (replayed)'][1] / grid_epochs:.1%}"
+          f"  labels changed: {grid_changed}/{len(full)}  (target >= 30%, 0 changed)")
+    print(f"early stop saving, search:                  {1 - rows['search + early stop'][1] / rows['search'][1]:.1%}"
+          f"  labels changed at shared ELRs: {search_changed}/{len(shared)}")
+    stopped = se.trials["status"].value_counts().to_dict()
+    print(f"search + early stop statuses: {stopped}")
+    print(f"search + early stop / grid epochs:          {rows['search + early stop'][1] / grid_epochs:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
