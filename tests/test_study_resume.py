@@ -48,6 +48,17 @@ def epoch_rows(root):
     return {(r["trial_id"], r["epoch"]): r for r in rows}, len(rows)
 
 
+def mid_checkpoint(root) -> bool:
+    for f in root.glob("epochs/*/data.parquet"):
+        try:
+            n = pq.read_metadata(f).num_rows
+        except OSError:
+            continue
+        if n % SPEC["checkpoint_every"] == 1 and n < EPOCHS:
+            return True
+    return False
+
+
 def kill_session(pgid: int) -> None:
     """SIGKILL every process left in the session we started (Ray's daemons outlive the driver)."""
     for proc in psutil.process_iter():
@@ -67,10 +78,11 @@ def test_interrupt_mid_study_then_rerun_completes_without_lost_or_duplicated_row
     driver = subprocess.Popen(sweep(spec_path, tmp_path / "results"), stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and "completed" not in statuses(root).values():
+        # kill once a trial has finished and another is between two checkpoints (odd epoch)
+        deadline = time.time() + 300
+        while time.time() < deadline and not ("completed" in statuses(root).values() and mid_checkpoint(root)):
             assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            time.sleep(0.1)
+            time.sleep(0.05)
         driver.send_signal(sig)
         rc = driver.wait(timeout=120)
     finally:
@@ -84,7 +96,7 @@ def test_interrupt_mid_study_then_rerun_completes_without_lost_or_duplicated_row
         assert rc == 130
         assert "run the same command again to resume" in (tmp_path / "first.log").read_text()
 
-    again = subprocess.run(sweep(spec_path, tmp_path / "results"), capture_output=True, text=True, timeout=300,
+    again = subprocess.run(sweep(spec_path, tmp_path / "results"), capture_output=True, text=True, timeout=420,
                            start_new_session=True)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "resuming study 'resume'" in again.stdout

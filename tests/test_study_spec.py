@@ -399,7 +399,7 @@ def test_a_torn_tune_snapshot_is_set_aside_for_the_previous_one(tmp_path):
 
     def snapshot(session, torn=False):
         (folder / f"experiment_state-{session}.json").write_text('{"trials": []}')
-        (folder / f"search_gen_state-{session}.json").write_text('{"counter": 1}')
+        (folder / f"search_gen_state-{session}.json").write_bytes(pickle.dumps({"counter": 1}))  # sic: a pickle
         data = pickle.dumps({"state": list(range(100))})
         (folder / f"searcher-state-{session}.pkl").write_bytes(data[: len(data) // 2] if torn else data)
 
