@@ -320,9 +320,11 @@ class EarlyStop:
       that same label (the label is not flickering);
     - the label's own evidence holds at *every* measured epoch of that window,
       not only on average:
-        divergence   accuracy <= chance + chance_margin and loss >= diverge_loss_frac * ln C
-                     at each epoch, and the loss is not significantly falling
-                     (a random guesser that is not learning);
+        divergence   accuracy <= chance + chance_margin and loss >= diverge_stop_loss * ln C
+                     at each epoch, and the loss is not significantly falling: a
+                     *confidently wrong* random guesser (on the sphere a diverged net
+                     keeps large logits, loss well above ln C), not a net that has
+                     not started learning yet (uniform outputs, loss ~ln C);
         convergence  train loss <= converge_loss at each epoch (already at 0);
         chaotic      accuracy >= chance + above_chance_margin and loss > converge_trend_loss
                      at each epoch (clearly off zero, clearly learning), loss and
@@ -335,9 +337,11 @@ class EarlyStop:
     window: int = 5                   # measured epochs the evidence must hold
     min_epochs: int = 8               # never stop before this epoch
     labels: tuple = (CONVERGENCE, DIVERGENCE)
+    diverge_stop_loss: float = 1.5    # x ln C: divergence stops a trial only this far above ln C
 
     def to_dict(self) -> dict[str, Any]:
-        return {"window": self.window, "min_epochs": self.min_epochs, "labels": list(self.labels)}
+        return {"window": self.window, "min_epochs": self.min_epochs, "labels": list(self.labels),
+                "diverge_stop_loss": self.diverge_stop_loss}
 
 
 def stop_decision(train_loss, train_acc, eff_grad_norm, num_classes: int, *, diverged: bool = False,
@@ -375,7 +379,7 @@ def stop_decision(train_loss, train_acc, eff_grad_norm, num_classes: int, *, div
         falling = math.isfinite(rel) and rel <= -rules.stable_loss_change and not (
             math.isfinite(tstat) and abs(tstat) < rules.trend_t)
         ok = (acc is not None and bool(np.all(acc[win] <= 1.0 / C + rules.chance_margin))
-              and bool(np.all(lw >= rules.diverge_loss_frac * math.log(C))) and not falling)
+              and bool(np.all(lw >= stop.diverge_stop_loss * math.log(C))) and not falling)
     elif now.label == CHAOTIC:
         ok = (acc is not None and bool(np.all(acc[win] >= 1.0 / C + rules.above_chance_margin))
               and bool(np.all(lw > rules.converge_trend_loss)))

@@ -542,6 +542,10 @@ def _check_configs(study: Study):
             if len(point) > 1 or field_name not in point:
                 message += " (at " + ", ".join(f"{k}={v!r}" for k, v in point.items()) + ")"
             raise ConfigError(path, message) from None
+        if study.early_stop is not None and cfg.schedule != "constant":
+            raise ConfigError("early_stop", f"needs a constant ELR/lr (schedule: constant), got schedule: "
+                              f"{cfg.schedule} (at " + ", ".join(f"{k}={v!r}" for k, v in point.items())
+                              + "): a rate that changes later can change the regime a trial is in")
         if cfg.device == "cuda" and study.gpu == 0:
             raise ConfigError("resources.gpu", "0, but base.device is cuda; give each trial a GPU "
                               "(e.g. gpu: 0.25) or use device: auto")

@@ -23,6 +23,7 @@ sink marks it `stopped_decided`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -143,14 +144,17 @@ def run_trial(config: dict, study: Study) -> None:
         report(last_rec, [last_rec], save=False, last=True)
         return
 
+    stop = study.early_stop
+    if stop is not None:      # decide only once the warm-up is over: the regime is that of the fixed rate
+        stop = dataclasses.replace(stop, min_epochs=max(stop.min_epochs, math.ceil(cfg.warmup_epochs) + stop.window))
     pending: list[dict] = []
     for rec in trainer.run():
         traj.add(rec)
         epoch = rec["epoch"]
         last = rec["diverged"] or epoch >= cfg.epochs
-        if study.early_stop is not None:
+        if stop is not None:
             rec = {**rec, DECIDED_KEY: None}       # same columns in every epoch row
-            decided = None if last else traj.decision(study.early_stop)
+            decided = None if last else traj.decision(stop)
             if decided is not None:
                 rec[DECIDED_KEY], last = decided, True
         pending.append(rec)

@@ -1,0 +1,168 @@
+"""Regime-aware early stopping (regimes.regime.stop_decision) on recorded trajectories.
+
+The oracle is the classifier on the *whole* trajectory: a trial stopped at
+epoch k must get, from its prefix 1..k, the label its full run gets. Real
+trajectories come from the core on digits at ELRs in each regime; synthetic
+ones cover shapes that must not be stopped (a slow late convergence, a loss
+that leaves the chance level late, noisy plateaus).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from regimes import TrainConfig, train
+from regimes import regime as R
+
+C = 10
+LN_C = math.log(C)
+
+
+def first_stop(traj, stop=R.EarlyStop(), rules=R.RegimeRules()):
+    """(epoch, label) where the trainable would stop this trajectory, or None. Never at the last epoch."""
+    loss, acc, grad = (np.asarray(traj[k], float) for k in ("train_loss", "train_acc", "eff_grad_norm"))
+    diverged = np.asarray(traj.get("diverged", np.zeros(loss.size, bool)), bool)
+    for k in range(1, loss.size):
+        c = R.stop_decision(loss[:k], acc[:k], grad[:k], C, diverged=bool(diverged[:k].any()),
+                            epochs=np.arange(1, k + 1), rules=rules, stop=stop)
+        if c is not None:
+            return k, c.label
+    return None
+
+
+def full_label(traj, rules=R.RegimeRules()):
+    return R.classify(traj["train_loss"], traj["train_acc"], traj["eff_grad_norm"], C,
+                      diverged=bool(np.any(traj.get("diverged", False))), rules=rules).label
+
+
+# --- synthetic trajectories ------------------------------------------------------
+def synthetic(kind: str, n: int = 40, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    t = np.arange(1, n + 1, dtype=float)
+    noise = lambda s: 1 + s * rng.standard_normal(n)
+    if kind == "converge":               # exponential decay to ~1e-4
+        loss = 2.0 * np.exp(-t / 2.0) * noise(0.1) + 1e-4
+        acc = np.minimum(1.0, 0.5 + 0.5 * (1 - np.exp(-t / 3)))
+        grad = 0.5 * np.exp(-t / 4)
+    elif kind == "chaotic":              # flat at 0.4 with large epoch-to-epoch noise
+        loss = 0.4 * noise(0.1)
+        acc = 0.88 + 0.02 * rng.standard_normal(n)
+        grad = 1.0 * noise(0.05)
+    elif kind == "diverge":              # random guesser: chance accuracy, loss well above ln C
+        loss = 5.5 * noise(0.1)
+        acc = 0.1 + 0.01 * rng.standard_normal(n)
+        grad = 3.0 * noise(0.05)
+    elif kind == "late_converge":        # a long plateau at 0.3, then a fall to 0 after epoch 20
+        loss = np.where(t < 20, 0.3 * noise(0.03), 0.3 * np.exp(-(t - 20) / 2.0) + 1e-4)
+        acc = np.where(t < 20, 0.9, 1.0)
+        grad = np.where(t < 20, 1.0, np.exp(-(t - 20) / 3.0))
+    elif kind == "late_learner":         # at chance for 12 epochs, then learns (e.g. after a spike)
+        loss = np.where(t < 12, 2.4 * noise(0.01), 2.4 * np.exp(-(t - 12) / 2.0) + 1e-3)
+        acc = np.where(t < 12, 0.1, np.minimum(1.0, 0.1 + 0.15 * (t - 11)))
+        grad = np.where(t < 12, 2.0, np.exp(-(t - 12) / 3.0))
+    elif kind == "blow_up":              # trains, then NaN at epoch 9 (the core ends the run there)
+        n = 9
+        loss = np.r_[np.linspace(2.0, 1.0, 8), np.nan]
+        acc = np.r_[np.linspace(0.3, 0.6, 8), np.nan]
+        grad = np.r_[np.ones(8), np.nan]
+        return {"train_loss": loss, "train_acc": acc, "eff_grad_norm": grad,
+                "diverged": np.r_[np.zeros(8, bool), True]}
+    else:
+        raise ValueError(kind)
+    return {"train_loss": loss, "train_acc": acc, "eff_grad_norm": grad}
+
+
+# (shape, its label, the earliest epoch a stop is allowed, the latest a stop is expected; None: never)
+SHAPES = [("converge", R.CONVERGENCE, 8, 20), ("diverge", R.DIVERGENCE, 8, 20),
+          ("chaotic", R.CHAOTIC, None, None),            # chaotic stops are opt-in
+          ("late_converge", R.CONVERGENCE, 21, 39),      # the plateau before epoch 20 must not stop it
+          ("late_learner", R.CONVERGENCE, 13, 39)]       # at chance with loss ~ln C: not yet a divergence
+
+
+@pytest.mark.parametrize("kind, expected, earliest, latest", SHAPES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_synthetic_stopped_label_equals_full_label(kind, expected, earliest, latest, seed):
+    traj = synthetic(kind, seed=seed)
+    assert full_label(traj) == expected                      # the oracle of the shape itself
+    got = first_stop(traj)
+    if earliest is None:
+        assert got is None, f"{kind} stopped at {got}"
+        return
+    assert got is not None, f"{kind} was never decided"
+    epoch, label = got
+    assert label == expected
+    prefix = {k: np.asarray(v)[:epoch] for k, v in traj.items()}
+    assert full_label(prefix) == expected                    # what the report will say of the stored prefix
+    assert earliest <= epoch <= latest
+
+
+def test_blow_up_is_decided_at_once():
+    traj = synthetic("blow_up")
+    c = R.stop_decision(traj["train_loss"], traj["train_acc"], traj["eff_grad_norm"], C, diverged=True)
+    assert c is not None and c.label == R.DIVERGENCE == full_label(traj)
+
+
+def test_chaotic_stops_only_when_asked_and_after_its_window():
+    traj = synthetic("chaotic", seed=3)
+    stop = R.EarlyStop(window=6, min_epochs=10, labels=(R.CHAOTIC,))
+    epoch, label = first_stop(traj, stop)
+    assert label == R.CHAOTIC == full_label(traj) and epoch >= 10
+    assert first_stop(synthetic("converge"), stop) is None   # convergence not in labels: never stopped
+
+
+def test_late_learner_at_chance_is_not_stopped_while_its_loss_falls():
+    """At chance accuracy but with the loss already falling below the ln C level: not a divergence."""
+    traj = synthetic("diverge", seed=0)
+    traj["train_loss"] = np.linspace(LN_C, 0.5 * LN_C, len(traj["train_loss"]))
+    assert first_stop(traj) is None
+
+
+def test_window_must_hold_pointwise():
+    """One epoch above the convergence threshold inside the window blocks the decision."""
+    traj = synthetic("converge", seed=0)
+    k = first_stop(traj)[0]
+    bumped = {key: np.array(v, float) for key, v in traj.items()}
+    bumped["train_loss"][k - 2] = 0.05
+    got = first_stop(bumped)
+    assert got is None or got[0] >= k - 2 + R.EarlyStop().window
+
+
+# --- real trajectories: the core on digits -----------------------------------------------
+REAL = {"dataset": "digits", "model": "convnet_si", "width": 8, "mode": "sphere", "batch_size": 16,
+        "augment": False, "epochs": 20, "device": "cpu", "seed": 0}
+REAL_ELRS = {3e-4: R.CONVERGENCE, 8e-3: R.CHAOTIC, 1e-1: R.DIVERGENCE}
+
+
+@pytest.fixture(scope="module")
+def real_trajectories():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {}
+        for elr in REAL_ELRS:
+            recs = list(train(TrainConfig.from_dict({**REAL, "elr": elr})))
+            out[elr] = {k: np.array([r[k] for r in recs], dtype=float if k != "diverged" else bool)
+                        for k in ("train_loss", "train_acc", "eff_grad_norm", "diverged")}
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_real_digits_trajectories_stop_with_their_full_label(real_trajectories):
+    stopped = {}
+    for elr, traj in real_trajectories.items():
+        label = full_label(traj)
+        assert label == REAL_ELRS[elr], f"elr {elr}: {label}"
+        got = first_stop(traj)
+        if got is not None:
+            epoch, decided = got
+            assert decided == label
+            assert full_label({k: v[:epoch] for k, v in traj.items()}) == label
+            stopped[elr] = epoch
+    # convergence and divergence are decided early; the chaotic trial runs to the end
+    assert set(stopped) == {3e-4, 1e-1}
+    assert all(e <= 0.75 * REAL["epochs"] for e in stopped.values()), stopped
