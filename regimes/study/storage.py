@@ -155,5 +155,9 @@ class StudyStore:
             if fs.get_file_info(base).type != pafs.FileType.NotFound:
                 fs.delete_dir(base)
             shutil.rmtree(self.local_dir, ignore_errors=True)
+            try:
+                self.local_dir.parent.rmdir()       # the staging folder of this URI, if now empty
+            except OSError:
+                pass
         else:
             shutil.rmtree(self.local_dir, ignore_errors=True)
