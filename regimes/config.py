@@ -33,7 +33,11 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, message: str):
         self.key = key
+        self.message = message
         super().__init__(f"{key}: {message}")
+
+    def __reduce__(self):  # picklable, so Ray can carry it from a worker to the driver
+        return (ConfigError, (self.key, self.message))
 
 
 def _f(default, help: str, *, choices=None, min=None, max=None, min_open=False, allow=()):
