@@ -183,6 +183,10 @@ class BoundarySearch(Searcher):
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as fh:
             pickle.dump(self.get_state(), fh)
+        # Tune saves into its driver staging copy of the experiment folder and uploads that
+        # folder to the storage, over our file: keep a current summary in it too (after a
+        # restore the staging copy holds the summary as it was when the study was resumed).
+        self._write_summary_to(Path(checkpoint_path).parent)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as fh:
@@ -202,10 +206,12 @@ class BoundarySearch(Searcher):
     def write_summary(self) -> None:
         if self.summary_dir is None:
             return
-        path = Path(self.summary_dir) / SUMMARY_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{SUMMARY_FILE}.tmp")
-        tmp.write_text(json.dumps(self.summary(), indent=1))
-        os.replace(tmp, path)
+        self._write_summary_to(Path(self.summary_dir))
         if self.on_summary is not None:
             self.on_summary(SUMMARY_FILE)
+
+    def _write_summary_to(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{SUMMARY_FILE}.tmp"
+        tmp.write_text(json.dumps(self.summary(), indent=1))
+        os.replace(tmp, folder / SUMMARY_FILE)

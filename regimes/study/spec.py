@@ -411,7 +411,10 @@ def _boundary(search: Mapping, base: Mapping, space: Mapping) -> dict:
     if axis is None:
         raise ConfigError("search.axis", "required for kind: boundary: the float TrainConfig field to "
                           "search in log space, e.g. elr")
-    _check_field(axis, "search.axis")
+    if axis not in TrainConfig.field_names():
+        floats = sorted(f for f in TrainConfig.field_names() if _field_type(f) is float)
+        raise ConfigError("search.axis", f"{axis!r} is not a TrainConfig field; allowed (float fields): "
+                          + ", ".join(floats))
     if _field_type(axis) is not float:
         raise ConfigError("search.axis", f"{axis} is not a float field; a boundary is searched in log "
                           "space along a positive real axis (e.g. elr, lr, wd)")
