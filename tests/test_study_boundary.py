@@ -13,10 +13,12 @@ import json
 import math
 import random
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from regimes import TrainConfig
 from regimes import regime as R
 from regimes.study import spec
 from regimes.study.boundary import ERRORED, SUMMARY_FILE, BoundarySearch, log_grid
@@ -315,3 +317,71 @@ def test_tiny_digits_boundary_study_interrupted_resumed_and_reported(tmp_path):
         if R.UNRESOLVED not in b["boundary"]:
             assert b["boundary"] in bounds
     assert (root / "report" / "regime_strip.png").exists()
+
+
+# --- the report on a boundary-search study (off-grid points) ------------------------------
+def _shape(label: str, n: int, rng) -> list[dict]:
+    t = np.arange(1, n + 1, dtype=float)
+    if label == R.CONVERGENCE:
+        loss, acc, grad = 2.3 * np.exp(-t / 2), 1 - 0.9 * np.exp(-t / 2), 5 * np.exp(-t / 3)
+    elif label == R.CHAOTIC:
+        loss, acc, grad = 0.4 + 2 * np.exp(-t / 2) + 0.01 * rng.standard_normal(n), 0.88 + 0 * t, 2 + 0 * t
+    else:
+        loss, acc, grad = 5.5 + 0.05 * rng.standard_normal(n), 0.1 + 0 * t, 9 + 0 * t
+    return [{"epoch": int(e), "step": int(e) * 10, "train_loss": float(a), "train_acc": float(b),
+             "eff_grad_norm": float(c), "test_acc": float(b), "num_classes": 10, "diverged": False}
+            for e, a, b, c in zip(t, loss, acc, grad)]
+
+
+def test_report_draws_the_brackets_of_an_off_grid_boundary_study(tmp_path):
+    """Two wd rows searched by BoundarySearch (so the ELRs differ per row, dense near the
+    boundaries): the analysis finds each boundary between the bracketing trials and the phase
+    diagram (a scatter: off grid) draws it on each row."""
+    import matplotlib.pyplot as plt
+
+    from regimes import results
+    from regimes.analysis import classify, load_study, plot_phase_diagram
+    from regimes.analysis.load import boundaries
+
+    truth = {0.0: (4.2e-3, 1.7e-2), 1e-3: (2.0e-3, 9.0e-3)}
+    label = lambda x, wd: (R.CONVERGENCE if x < truth[wd][0] else R.CHAOTIC if x < truth[wd][1] else R.DIVERGENCE)
+    s = BoundarySearch("elr", LO, HI, RES, budget=200, probes_per_round=2, initial=5,
+                       lines=[{"wd": 0.0, "seed": 0}, {"wd": 1e-3, "seed": 0}])
+    rnd, running, n = random.Random(1), [], 0
+    while True:
+        while len(running) < 3:
+            cfg = s.suggest(f"t{n}")
+            if cfg is None or cfg == FINISHED:
+                break
+            running.append((f"t{n}", cfg))
+            n += 1
+        if not running:
+            break
+        tid, cfg = running.pop(rnd.randrange(len(running)))
+        s.on_trial_complete(tid, {"regime": label(cfg["elr"], cfg["wd"])})
+    rng = np.random.default_rng(0)
+    root, rows = tmp_path / "bstudy", []
+    for tid, (i, x) in s.trials.items():
+        point = {**s.lines[i].point, "elr": x}
+        cfg = TrainConfig.from_dict({"dataset": "digits", "epochs": 20, **point})
+        recs = _shape(label(x, point["wd"]), 20, rng)
+        results.write_trial_epochs(root, tid, results.epoch_rows(cfg, recs, "bstudy"))
+        rows.append(results.trial_summary(cfg, recs, "bstudy", tid, "completed"))
+    results.write_trials(root, rows)
+
+    st = load_study(root)
+    labels = classify(st)
+    assert all(labels["regime"] == [label(x, wd) for x, wd in zip(labels["elr"], labels["wd"])])
+    b = boundaries(st, labels, "elr")
+    assert len(b) == 4
+    for _, r in b.iterrows():
+        true = truth[r["wd"]][0 if r["boundary"].startswith(R.CONVERGENCE) else 1]
+        assert r["bracket_lo"] < true <= r["bracket_hi"] and r["bracket_hi"] / r["bracket_lo"] <= RES * (1 + 1e-9)
+    fig = plot_phase_diagram(st, labels, x="elr", y="wd")
+    ax = fig.axes[0]
+    assert "off-grid" in ax.get_title() and "boundaries" in ax.get_title()
+    drawn = [l for l in ax.get_lines() if l.get_linestyle() not in ("None", "")]   # not the error-bar caps
+    got = sorted(sorted(np.asarray(l.get_xdata(), float)) for l in drawn)
+    want = sorted(sorted(b[b["boundary"] == name].sort_values("wd")["value"]) for name in set(b["boundary"]))
+    assert len(got) == 2 and np.allclose(got, want)
+    plt.close(fig)

@@ -271,8 +271,13 @@ def plot_phase_diagram(study: Study, labels: pd.DataFrame | None = None, *, x: s
     xlog, ylog = is_log_axis(xs), is_log_axis(ys)
     title = f"{study.name}: phase diagram" + (f" ({_title_suffix(select)})" if select else "")
     filled = len(df[[x, y]].drop_duplicates())
-    if len(xs) > max_grid or len(ys) > max_grid or len(xs) * len(ys) >= 2 * filled:
-        return _phase_scatter(df, x, y, xlog, ylog, title)    # sampled, not a grid (e.g. Optuna)
+    if len(xs) > max_grid or len(ys) > max_grid or filled < 0.75 * len(xs) * len(ys):
+        # sampled, not a grid (Optuna; a boundary search: dense near each boundary only)
+        bnd = None
+        if show_boundaries:
+            bnd = boundaries(study, _select(labels, select), axis=x)
+            bnd = _select(bnd, select) if len(bnd) else bnd
+        return _phase_scatter(df, x, y, xlog, ylog, title, bnd)
 
     maj = majority_table(df, [x, y])
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(xs) + 2.2, 1.2 + 0.55 * len(ys) + 0.8))
@@ -323,11 +328,21 @@ def plot_phase_diagram(study: Study, labels: pd.DataFrame | None = None, *, x: s
     return fig
 
 
-def _phase_scatter(df, x, y, xlog, ylog, title):
+def _phase_scatter(df, x, y, xlog, ylog, title, bnd: pd.DataFrame | None = None):
+    """One dot per trial. Boundaries along x (between neighbouring trials of each y row, e.g.
+    the brackets of a boundary search) as black markers with their seed range, joined per kind."""
     fig, ax = plt.subplots(figsize=(7, 5))
     for lab, g in df.groupby("regime"):
         ax.scatter(g[x], g[y], color=REGIME_COLORS[lab], edgecolor="k", lw=0.3, s=30,
                    label=lab.replace("_", " "))
+    drawn = False
+    for name, g in (bnd.groupby("boundary") if bnd is not None and len(bnd) and y in bnd else []):
+        g = g.sort_values(y)
+        v = g["value"].to_numpy(dtype=float)
+        err = [np.maximum(v - g["lo"].to_numpy(dtype=float), 0), np.maximum(g["hi"].to_numpy(dtype=float) - v, 0)]
+        ax.errorbar(v, g[y], xerr=err, color="k", ls=BOUNDARY_STYLE.get(name, ":"), lw=1.4, marker="|",
+                    ms=12, mew=2, capsize=2, label=name.replace("_", " ").replace("->", " → "))
+        drawn = True
     if xlog:
         ax.set_xscale("log")
     if ylog:
@@ -335,6 +350,7 @@ def _phase_scatter(df, x, y, xlog, ylog, title):
     ax.set_xlabel(axis_label(x))
     ax.set_ylabel(axis_label(y))
     ax.legend(fontsize=8)
-    ax.set_title(title + "\n(off-grid study: one dot per trial)", fontsize=9)
+    ax.set_title(title + "\n(off-grid study: one dot per trial"
+                 + ("; black: boundaries between neighbouring trials along x)" if drawn else ")"), fontsize=9)
     fig.tight_layout()
     return fig
