@@ -79,6 +79,12 @@ def grid_with_early_stop(res, labels, stop: R.EarlyStop):
     return epochs, stopped_labels
 
 
+def _losses(res, elr: float) -> np.ndarray:
+    tid = res.trials.loc[np.isclose(res.trials["elr"].astype(float), elr, rtol=1e-9, atol=0), "trial_id"].iloc[0]
+    ep = res.epochs[res.epochs["trial_id"] == tid].sort_values("epoch")
+    return ep["train_loss"].to_numpy(dtype=float)
+
+
 def bounds_of(res, labels) -> dict[str, float]:
     b = boundaries(res, labels, "elr")
     return {r["boundary"]: float(r["value"]) for _, r in b.iterrows()}
@@ -136,6 +142,13 @@ def main(argv=None) -> int:
     lab_se = dict(zip(np.round(sel["elr"].astype(float), 12), sel["regime"]))
     shared = sorted(set(lab_s) & set(lab_se))
     search_changed = sum(lab_s[x] != lab_se[x] for x in shared)
+    # the replay above assumes a stopped trial is a prefix of its full run: check it on the search
+    prefix_same, prefix_n = 0, 0
+    for x in shared:
+        a = _losses(s, x)
+        b = _losses(se, x)
+        prefix_n += 1
+        prefix_same += int(len(b) <= len(a) and np.array_equal(a[:len(b)], b))
 
     rows["grid"] = (len(gl), int(g.trials["epochs_done"].sum()), bounds_of(g, gl), gw)
     rows["grid + early stop (replayed)"] = (len(gl), int(sum(ge_epochs.values())),
@@ -158,11 +171,26 @@ def main(argv=None) -> int:
                   f"({ok} within x{a.resolution:g})")
         else:
             print(f"boundary {name}: only in {'grid' if name in gb else 'search'}")
+    # near a boundary single-seed labels are noisy; how many grid labels does the search's step
+    # function (its boundary midpoints) contradict? (unresolved grid points not counted)
+    order = sorted(sb.items(), key=lambda kv: kv[1])
+    def predicted(x):
+        lab = order[0][0].split("->")[0] if order else None
+        for name, v in order:
+            if x >= v:
+                lab = name.split("->")[1]
+        return lab
+    resolved = gl[gl["regime"] != R.UNRESOLVED]
+    wrong = [(float(x), lab) for x, lab in zip(resolved["elr"], resolved["regime"]) if predicted(float(x)) != lab]
+    print(f"grid labels contradicted by the search's boundaries: {len(wrong)}/{len(resolved)} resolved grid points"
+          + (f" (at ELR {', '.join(f'{x:.3g} {l}' for x, l in sorted(wrong))})" if wrong else ""))
     print(f"search / grid epochs:                       {rows['search'][1] / grid_epochs:.3f}  (target <= 0.333)")
     print(f"early stop saving, grid:                    {1 - rows['grid + early stop (replayed)'][1] / grid_epochs:.1%}"
           f"  labels changed: {grid_changed}/{len(full)}  (target >= 30%, 0 changed)")
     print(f"early stop saving, search:                  {1 - rows['search + early stop'][1] / rows['search'][1]:.1%}"
           f"  labels changed at shared ELRs: {search_changed}/{len(shared)}")
+    print(f"stopped trials are prefixes of full runs (same train loss, epoch by epoch): "
+          f"{prefix_same}/{prefix_n} shared ELRs")
     stopped = se.trials["status"].value_counts().to_dict()
     print(f"search + early stop statuses: {stopped}")
     print(f"search + early stop / grid epochs:          {rows['search + early stop'][1] / grid_epochs:.3f}")

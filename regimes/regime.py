@@ -334,7 +334,7 @@ class EarlyStop:
     still fall later, so stopping it is opt-in.
     """
 
-    window: int = 5                   # measured epochs the evidence must hold
+    window: int = 4                   # measured epochs the evidence must hold
     min_epochs: int = 8               # never stop before this epoch
     labels: tuple = (CONVERGENCE, DIVERGENCE)
     diverge_stop_loss: float = 1.5    # x ln C: divergence stops a trial only this far above ln C

@@ -6,7 +6,7 @@
       kind: grid                       # grid | optuna | boundary
       space: {elr: [1.0e-4, 1.0e-2, 1.0], seed: [0, 1]}
     resources: {cpu: 1, gpu: 0}
-    early_stop: {window: 5, min_epochs: 8}   # optional: stop trials whose regime is decided
+    early_stop: {window: 4, min_epochs: 8}   # optional: stop trials whose regime is decided
 
 A boundary search (regimes/study/boundary.py) brackets the regime boundaries
 along one axis instead of gridding it:
