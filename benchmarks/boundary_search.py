@@ -145,10 +145,11 @@ def main(argv=None) -> int:
     # the replay above assumes a stopped trial is a prefix of its full run: check it on the search
     prefix_same, prefix_n = 0, 0
     for x in shared:
-        a = _losses(s, x)
-        b = _losses(se, x)
+        full_run = _losses(s, x)
+        stopped_run = _losses(se, x)
         prefix_n += 1
-        prefix_same += int(len(b) <= len(a) and np.array_equal(a[:len(b)], b))
+        prefix_same += int(len(stopped_run) <= len(full_run)
+                           and np.array_equal(full_run[:len(stopped_run)], stopped_run))
 
     rows["grid"] = (len(gl), int(g.trials["epochs_done"].sum()), bounds_of(g, gl), gw)
     rows["grid + early stop (replayed)"] = (len(gl), int(sum(ge_epochs.values())),
