@@ -166,3 +166,15 @@ def test_real_digits_trajectories_stop_with_their_full_label(real_trajectories):
     # convergence and divergence are decided early; the chaotic trial runs to the end
     assert set(stopped) == {3e-4, 1e-1}
     assert all(e <= 0.75 * REAL["epochs"] for e in stopped.values()), stopped
+
+
+def test_convergence_needs_every_epoch_of_the_window_at_zero():
+    """Loss alternating 1e-3 / 1.8e-2: the window *mean* is under converge_loss (the classifier
+    says convergence) but half the epochs are not: never decided."""
+    n = 30
+    t = np.arange(1, n + 1)
+    traj = {"train_loss": np.where(t % 2 == 0, 1e-3, 1.8e-2), "train_acc": np.full(n, 0.999),
+            "eff_grad_norm": np.full(n, 0.05)}
+    assert R.classify(traj["train_loss"][:12], traj["train_acc"][:12], traj["eff_grad_norm"][:12],
+                      C).label == R.CONVERGENCE
+    assert first_stop(traj) is None
