@@ -31,6 +31,19 @@ from . import curvature
 from .models.lcnn import CenteredSoftplus, LipschitzBatchNorm2d
 from .optim.enorm import ENorm
 from .optim.late_phase import LatePhase
+
+# Every measure a technique can add to an epoch record. The Trainer puts all of
+# them in every record (NaN when the technique is off or the measure is not due),
+# so every trial of a study writes the same Parquet schema: a reader that takes
+# the first file's schema (pandas, pyarrow datasets) then loses no column.
+TECHNIQUE_MEASURES = (
+    "beta_penalty", "gamma_penalty", "gnorm_penalty", "input_grad_sq",      # LCNN loss terms
+    "beta_mean", "beta_max", "gamma_mean",                                   # LCNN parameters
+    "weight_l2", "enorm_objective",                                          # ENorm
+    "test_acc_ensemble", "test_loss_ensemble",                               # late-phase
+    "test_acc_swa", "test_loss_swa",                                         # SWA
+    "sharpness", "hess_trace", "input_curvature_mean", "input_curvature_std",  # curvature
+)
 from .optim.swa import SWA
 from .penalties import LCNNPenalty, make_objective
 

@@ -43,7 +43,7 @@ from .optim.schedules import schedule_values
 from .params import Role, find_roles
 from .models.lcnn import no_decay_params
 from .penalties import plain_objective
-from .techniques import compose as compose_techniques
+from .techniques import TECHNIQUE_MEASURES, compose as compose_techniques
 
 _MEASURES = ("train_loss", "train_acc", "test_loss", "test_acc", "si_norm", "elr", "lr", "eff_grad_norm",
              "angular_update", "time_s", "samples_per_s")
@@ -204,6 +204,8 @@ class Trainer:
             # ---- measures: host syncs happen here, once per epoch ----
             rec = self._measure(loss_sum, egn_sum, angle_sum, train_time)
             rec.update({k: (v / self.steps_per_epoch).item() for k, v in stat_sums.items()})
+            for k in TECHNIQUE_MEASURES:  # one schema for every trial (NaN: off or not due)
+                rec.setdefault(k, float("nan"))
             self.elapsed += time.perf_counter() - t0
             rec["time_s"] = self.elapsed
             yield rec
