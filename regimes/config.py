@@ -142,8 +142,6 @@ class TrainConfig:
         self._check_relations()
 
     def _check_relations(self):
-        if self.model.endswith("_si") and self.mode == "free" and self.init_scale == -1.0:
-            pass  # allowed: default init of the frozen head
         base = self.model.split("_")[0]
         if base == "resnet18" and self.depth != 4:
             raise ConfigError("depth", "resnet18* models have a fixed depth; leave depth at 4")
@@ -254,7 +252,8 @@ def _unknown_key_message(key: str, known) -> str:
 
 
 def _type_of(f: dataclasses.Field):
-    t = f.type if not isinstance(f.type, str) else f.type
+    """The field's type; annotations are strings here (`from __future__ import annotations`)."""
+    t = f.type
     return {"str": str, "int": int, "float": float, "bool": bool}.get(t, t) if isinstance(t, str) else t
 
 
