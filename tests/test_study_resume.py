@@ -7,6 +7,7 @@ the trials that had finished before the kill.
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -44,7 +45,9 @@ def statuses(root):
 
 
 def epoch_rows(root):
+    """(trial_id, epoch) -> row, NaN as None so that identical rows compare equal with ==."""
     rows = ds.dataset(root / "epochs", format="parquet", partitioning="hive").to_table().to_pylist()
+    rows = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]
     return {(r["trial_id"], r["epoch"]): r for r in rows}, len(rows)
 
 
