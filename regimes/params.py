@@ -108,14 +108,12 @@ def find_roles(model: nn.Module) -> ParamRoles:
                 taint(inp[0] | {f"{node.target}.{n}" for n, _ in m.named_parameters()})
                 out = _EMPTY
         elif node.op == "call_function" and node.target in _SUM_FUNCS:
-            sets = {s for s in ins if s[0]}
             if len({d for _, d in ins}) == 1:
                 out = (frozenset().union(*[s for s, _ in ins]), ins[0][1])
             else:
                 for s, _ in ins:
                     taint(s)
                 out = _EMPTY
-            del sets
         elif (node.op == "call_function" and node.target in _HOMOGENEOUS_FUNCS) or \
              (node.op == "call_method" and node.target in _HOMOGENEOUS_METHODS):
             out = inp

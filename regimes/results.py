@@ -31,7 +31,6 @@ import pyarrow.parquet as pq
 from .config import TrainConfig
 
 SCHEMA_VERSION = 1
-_META = ("study", "trial_id", "epoch", "step", "schema_version")
 
 
 def epoch_rows(cfg: TrainConfig | dict, records: Iterable[dict], study: str) -> list[dict]:

@@ -33,7 +33,6 @@ import time
 from typing import Callable, Iterator
 
 import torch
-from torch import nn
 import torch.nn.functional as F
 
 from .config import ConfigError, TrainConfig
@@ -44,9 +43,6 @@ from .params import Role, find_roles
 from .models.lcnn import no_decay_params
 from .penalties import plain_objective
 from .techniques import TECHNIQUE_MEASURES, compose as compose_techniques
-
-_MEASURES = ("train_loss", "train_acc", "test_loss", "test_acc", "si_norm", "elr", "lr", "eff_grad_norm",
-             "angular_update", "time_s", "samples_per_s")
 
 
 def train(cfg: TrainConfig, state: dict | None = None) -> Iterator[dict]:

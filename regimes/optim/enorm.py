@@ -47,7 +47,6 @@ cycle, not an equivalent one. `through_bn=False` stops chains at BN instead
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import torch

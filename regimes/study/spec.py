@@ -420,7 +420,7 @@ def _boundary(search: Mapping, base: Mapping, space: Mapping) -> dict:
                           "space along a positive real axis (e.g. elr, lr, wd)")
     if axis in space or axis in base:
         where = "search.space" if axis in space else "base"
-        raise ConfigError(f"{where}.{axis}", f"is the searched axis; give its range in search.range only")
+        raise ConfigError(f"{where}.{axis}", "is the searched axis; give its range in search.range only")
     rng = search.get("range")
     if not isinstance(rng, list) or len(rng) != 2:
         raise ConfigError("search.range", f"required: [low, high] of {axis}, got {rng!r}")
