@@ -418,3 +418,52 @@ def test_a_torn_tune_snapshot_is_set_aside_for_the_previous_one(tmp_path):
     snapshot("2026-01-01_12-00-00", torn=True)          # no earlier snapshot to fall back to
     with pytest.raises(ConfigError, match="--restart"):
         _set_aside_damaged_tune_state(s, store)
+
+
+@pytest.mark.parametrize("kind,statuses,left", [
+    ("grid", ["completed"] * 4, 0),
+    ("grid", ["completed", "diverged", "stopped_decided", "errored"], 0),
+    ("grid", ["completed", "running"], 3),          # Ctrl-C: one running, two never started
+    ("grid", ["completed", "completed"], 2),        # Ctrl-C between trials: none running
+    ("optuna", ["completed"] * 3, 1),
+    ("optuna", ["completed", "stopped", "diverged", "completed"], 0),
+])
+def test_sweep_exit_code_says_whether_every_trial_ran(tmp_path, capsys, kind, statuses, left):
+    import pyarrow as pa
+
+    from regimes.study.launch import report
+
+    study = spec.from_dict(grid({"elr": [0.01, 0.1], "seed": [0, 1]}) if kind == "grid"
+                           else optuna({"elr": {"loguniform": [1e-3, 1e-1]}}, num_samples=4))
+    store = StudyStore(str(tmp_path), study.name)
+    store.local_dir.mkdir(parents=True)
+    pq.write_table(pa.table({"trial_id": [f"t{i}" for i in range(len(statuses))], "status": statuses}),
+                   store.local_dir / "trials.parquet")
+    rc = report(study, store, grid=[])
+    out = capsys.readouterr().out
+    assert rc == (130 if left else 0)
+    assert (f"interrupted: {left} trials unfinished" in out) == bool(left)
+
+
+@pytest.mark.parametrize("finished,trials,left", [(True, 12, 0), (False, 30, 0), (False, 12, 18)])
+def test_boundary_sweep_exit_code_counts_unspent_budget_only_while_unresolved(tmp_path, capsys,
+                                                                               finished, trials, left):
+    import json
+
+    import pyarrow as pa
+
+    from regimes.study.boundary import SUMMARY_FILE
+    from regimes.study.launch import report
+
+    study = spec.from_dict({"name": "b", "base": dict(TINY),
+                            "search": {"kind": "boundary", "axis": "elr", "range": [1e-4, 1e-1],
+                                       "resolution": 1.19, "budget": 30, "space": {"seed": [0]}}})
+    store = StudyStore(str(tmp_path), study.name)
+    store.local_dir.mkdir(parents=True)
+    pq.write_table(pa.table({"trial_id": [f"t{i}" for i in range(trials)], "status": ["completed"] * trials}),
+                   store.local_dir / "trials.parquet")
+    (store.local_dir / SUMMARY_FILE).write_text(json.dumps(
+        {"axis": "elr", "range": [1e-4, 1e-1], "resolution": 1.19, "budget": 30, "trials": trials,
+         "finished": finished, "lines": []}))
+    assert report(study, store, grid=[]) == (130 if left else 0)
+    assert (f"interrupted: {left} trials unfinished" in capsys.readouterr().out) == bool(left)

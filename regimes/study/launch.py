@@ -237,17 +237,37 @@ def _check_same_spec(study: Study, store: StudyStore) -> None:
                           "or give the changed study a new name")
 
 
+def unfinished_trials(study: Study, statuses: Counter, store: StudyStore) -> int:
+    """How many of the study's trials are still to run: those Tune left `running` plus, for a
+    grid or an Optuna study, those it never started (Ctrl-C between two trials leaves none
+    running). A boundary search that was cut short counts its unspent budget only while
+    some bracket is still wider than the resolution."""
+    running = statuses.get("running", 0)
+    if study.kind != "boundary":
+        return running + max(0, study.num_trials() - sum(statuses.values()))
+    import json
+
+    from .boundary import SUMMARY_FILE
+
+    path = store.local_dir / SUMMARY_FILE
+    if not path.exists():
+        return running or study.budget
+    s = json.loads(path.read_text())
+    return running + (0 if s["finished"] else max(0, s["budget"] - s["trials"]))
+
+
 def report(study: Study, store: StudyStore, grid) -> int:
     """Print where the results are and how the trials ended; 1 if any trial errored, 130 if
-    the sweep was interrupted (Ctrl-C) with trials unfinished."""
+    the sweep was interrupted (Ctrl-C) before every trial had run."""
     import pyarrow.parquet as pq
 
     trials_file = store.local_dir / "trials.parquet"
     statuses = Counter(pq.read_table(trials_file, columns=["status"]).column("status").to_pylist()) \
         if trials_file.exists() else Counter()
     print(f"study '{study.name}': " + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())))
-    if statuses.get("running"):
-        print(f"interrupted: {statuses['running']} trials unfinished; run the same command again to resume")
+    left = unfinished_trials(study, statuses, store)
+    if left:
+        print(f"interrupted: {left} trials unfinished; run the same command again to resume")
     print(f"results: {store.study_path}/epochs/ and {store.study_path}/trials.parquet")
     if study.kind == "optuna":
         print(f"optuna: optuna-dashboard {store.journal_path}")
@@ -256,4 +276,4 @@ def report(study: Study, store: StudyStore, grid) -> int:
     errors = [r for r in grid if r.error is not None]
     for r in errors:
         print(f"trial errored: {r.path}: {type(r.error).__name__}: {r.error}", file=sys.stderr)
-    return 1 if errors else 130 if statuses.get("running") else 0
+    return 1 if errors else 130 if left else 0
