@@ -4,7 +4,7 @@
     python benchmarks/boundary_search.py --smoke-test    # seconds: tiny net, 4 epochs
 
 Real training on digits (convnet_si width 8, batch 16, no augmentation, sphere
-mode, 20 epochs, one seed), through `regimes.study.launch.run_study` on a
+mode, 20 epochs, seeds 0 and 1 as replicates), through `regimes.study.launch.run_study` on a
 local Ray: exactly what `regimes sweep` runs.
 
 - grid:         ELRs evenly spaced in log over [lo, hi], neighbours a factor
@@ -17,8 +17,11 @@ local Ray: exactly what `regimes sweep` runs.
 - search:       `kind: boundary` to the same resolution.
 - search + ES:  the same with `early_stop`, run for real.
 
-Prints trials and trained epochs of each, the boundaries each found, the
-ratios, and whether early stopping changed any label. Targets (issue 6):
+Prints trials and trained epochs of each, the boundaries each found (pooled
+over seeds), the ratios, and whether early stopping changed any label.
+`--replay DIR [DIR ...]` also replays early stopping on studies recorded
+elsewhere (e.g. results/demo-digits), a check of the stopping rules on
+configurations they were not tuned on. Targets (issue 6):
 search <= 1/3 of the grid's epochs with the same boundaries within the
 resolution; early stopping saves >= 30% of epochs with unchanged labels.
 """
@@ -40,7 +43,7 @@ from regimes.study.boundary import log_grid
 from regimes.study.launch import run_study
 
 BASE = {"dataset": "digits", "model": "convnet_si", "width": 8, "mode": "sphere", "batch_size": 16,
-        "augment": False, "epochs": 20, "device": "cpu", "seed": 0}
+        "augment": False, "epochs": 20, "device": "cpu"}
 SMOKE = {"width": 4, "epochs": 4, "subset": 256, "batch_size": 32}
 
 
@@ -79,8 +82,9 @@ def grid_with_early_stop(res, labels, stop: R.EarlyStop):
     return epochs, stopped_labels
 
 
-def _losses(res, elr: float) -> np.ndarray:
-    tid = res.trials.loc[np.isclose(res.trials["elr"].astype(float), elr, rtol=1e-9, atol=0), "trial_id"].iloc[0]
+def _losses(res, elr: float, seed: int) -> np.ndarray:
+    t = res.trials
+    tid = t.loc[np.isclose(t["elr"].astype(float), elr, rtol=1e-9, atol=0) & (t["seed"] == seed), "trial_id"].iloc[0]
     ep = res.epochs[res.epochs["trial_id"] == tid].sort_values("epoch")
     return ep["train_loss"].to_numpy(dtype=float)
 
@@ -88,6 +92,25 @@ def _losses(res, elr: float) -> np.ndarray:
 def bounds_of(res, labels) -> dict[str, float]:
     b = boundaries(res, labels, "elr")
     return {r["boundary"]: float(r["value"]) for _, r in b.iterrows()}
+
+
+def seed_detail(res, labels) -> str:
+    """Per boundary: the per-seed range and how many labels contradict it (out of regime order)."""
+    b = boundaries(res, labels, "elr")
+    return "; ".join(f"{r['boundary'].replace('chaotic_equilibrium', 'chaotic')}: seeds {r['lo']:.3g}..{r['hi']:.3g}"
+                     f", {int(r['misordered'])} misordered" for _, r in b.iterrows())
+
+
+def replay(folder: str, stop) -> None:
+    """Early stopping replayed on a study recorded elsewhere: epochs saved, labels changed."""
+    res = load_study(folder)
+    labels = classify(res)
+    epochs, stopped = grid_with_early_stop(res, labels, stop)
+    full = dict(zip(labels["trial_id"], labels["regime"]))
+    total = int(res.epochs.groupby("trial_id")["epoch"].max().sum())
+    changed = [t for t in full if stopped[t] != full[t]]
+    print(f"replay on {folder}: {len(full)} trials, {total} epochs -> {sum(epochs.values())} with early stop "
+          f"({1 - sum(epochs.values()) / total:.1%} saved), labels changed: {len(changed)}/{len(full)}")
 
 
 def fmt_bounds(b: dict) -> str:
@@ -103,7 +126,10 @@ def main(argv=None) -> int:
     p.add_argument("--initial", type=int, default=5)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="replicate seeds (default: 0 1)")
     p.add_argument("--storage", default=None, help="results folder (default: a temp dir)")
+    p.add_argument("--replay", nargs="*", default=[], metavar="DIR",
+                   help="recorded studies to replay early stopping on (e.g. results/demo-digits)")
     p.add_argument("--smoke-test", action="store_true")
     a = p.parse_args(argv)
 
@@ -115,14 +141,15 @@ def main(argv=None) -> int:
     ratio = (a.hi / a.lo) ** (1 / (n_grid - 1))
     storage = a.storage or tempfile.mkdtemp(prefix="boundary-bench-")
     print(f"digits, {base['model']} width {base['width']}, batch {base['batch_size']}, {base['epochs']} epochs, "
-          f"seed 0; ELR in [{a.lo:g}, {a.hi:g}], resolution x{a.resolution:g} (grid: {n_grid} points, "
+          f"seeds {a.seeds}; ELR in [{a.lo:g}, {a.hi:g}], resolution x{a.resolution:g} (grid: {n_grid} points, "
           f"x{ratio:.4f} apart); results in {storage}", flush=True)
     boundary = {"kind": "boundary", "axis": "elr", "range": [a.lo, a.hi], "resolution": a.resolution,
-                "budget": n_grid, "probes_per_round": a.probes, "initial": a.initial}
+                "budget": n_grid * len(a.seeds), "probes_per_round": a.probes, "initial": a.initial,
+                "space": {"seed": a.seeds}}
     rows = {}
     ray.init(address="local", num_cpus=a.cpus, include_dashboard=False, log_to_driver=False)
     try:
-        _, g, gl, gw = run("grid", {"kind": "grid", "space": {"elr": grid_elrs}}, base, storage, False)
+        _, g, gl, gw = run("grid", {"kind": "grid", "space": {"elr": grid_elrs, "seed": a.seeds}}, base, storage, False)
         print(f"grid done in {gw:.0f} s", flush=True)
         _, s, sl, sw = run("search", boundary, base, storage, False)
         print(f"search done in {sw:.0f} s", flush=True)
@@ -135,18 +162,20 @@ def main(argv=None) -> int:
     ge_epochs, ge_labels = grid_with_early_stop(g, gl, stop)
     full = dict(zip(gl["trial_id"], gl["regime"]))
     grid_changed = sum(ge_labels[t] != full[t] for t in full)
-    ge_bounds = R.estimate_boundaries(gl.set_index("trial_id").loc[list(ge_labels), "elr"].to_numpy(float),
-                                      [ge_labels[t] for t in ge_labels])
-    # search + ES probes the same ELRs as the search when no label changes: compare at shared ELRs
-    lab_s = dict(zip(np.round(sl["elr"].astype(float), 12), sl["regime"]))
-    lab_se = dict(zip(np.round(sel["elr"].astype(float), 12), sel["regime"]))
+    by_id = gl.set_index("trial_id").loc[list(ge_labels)]
+    ge_bounds = R.estimate_boundaries(by_id["elr"].to_numpy(float), [ge_labels[t] for t in ge_labels],
+                                      by_id["seed"].to_numpy())
+    # search + ES probes the same ELRs as the search when no label changes: compare at shared probes
+    key = lambda df: list(zip(np.round(df["elr"].astype(float), 12), df["seed"].astype(int)))
+    lab_s = dict(zip(key(sl), sl["regime"]))
+    lab_se = dict(zip(key(sel), sel["regime"]))
     shared = sorted(set(lab_s) & set(lab_se))
     search_changed = sum(lab_s[x] != lab_se[x] for x in shared)
     # the replay above assumes a stopped trial is a prefix of its full run: check it on the search
     prefix_same, prefix_n = 0, 0
     for x in shared:
-        full_run = _losses(s, x)
-        stopped_run = _losses(se, x)
+        full_run = _losses(s, *x)
+        stopped_run = _losses(se, *x)
         prefix_n += 1
         prefix_same += int(len(stopped_run) <= len(full_run)
                            and np.array_equal(full_run[:len(stopped_run)], stopped_run))
@@ -195,6 +224,10 @@ def main(argv=None) -> int:
     stopped = se.trials["status"].value_counts().to_dict()
     print(f"search + early stop statuses: {stopped}")
     print(f"search + early stop / grid epochs:          {rows['search + early stop'][1] / grid_epochs:.3f}")
+    print(f"grid per seed:   {seed_detail(g, gl)}")
+    print(f"search per seed: {seed_detail(s, sl)}")
+    for folder in a.replay:
+        replay(folder, stop)
     return 0
 
 

@@ -405,9 +405,10 @@ def stop_decision(train_loss, train_acc, eff_grad_norm, num_classes: int, *, div
 class Boundary:
     """Where the regime changes from `lower` to `upper` along an axis.
 
-    `value` is the geometric mean of the per-seed estimates (each the
-    geometric midpoint of the last grid point with `lower` and the next with
-    `upper`); `lo`/`hi` the range over seeds; `log10_spread` their standard
+    `value` is the geometric mean of the per-seed estimates (each, for labels
+    in regime order, the geometric midpoint of the last grid point with
+    `lower` and the next with `upper`; see `change_points` for labels out of
+    order); `lo`/`hi` the range over seeds; `log10_spread` their standard
     deviation in log10 units; `bracket_lo`/`bracket_hi` the widest pair of
     grid points that bracket the change.
     """
@@ -422,6 +423,7 @@ class Boundary:
     bracket_hi: float
     n_seeds: int          # seeds showing this change
     n_seeds_total: int
+    misordered: int = 0   # labels contradicting the change, summed over seeds (see change_points)
 
     @property
     def name(self) -> str:
@@ -446,23 +448,47 @@ def _mean_log(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), math.nan
 
 
-def transitions(axis_values, labels, *, skip: Iterable[str] = (UNRESOLVED,)) -> list[tuple[str, str, float, float]]:
-    """Regime changes along one sorted replicate: (lower, upper, x_below, x_above).
+def change_points(axis_values, labels, *, skip: Iterable[str] = (UNRESOLVED,)) -> list[tuple[str, str, float, float, float, int]]:
+    """Regime changes along one replicate, robust to labels out of regime order.
 
-    Points labelled in `skip` are stepped over (the change is then bracketed
-    by the resolved neighbours). Several trials at the same axis value must be
-    merged by the caller (one label per value).
+    Returns (lower, upper, estimate, bracket_lo, bracket_hi, misordered) for each pair
+    of consecutive regimes (in REGIME_ORDER) that the replicate shows.
+
+    Near a boundary single-run labels are noisy: at one seed, ELRs a grid step
+    apart can read convergence, chaotic, convergence. Each change is therefore
+    the one cut along the axis that contradicts the fewest labels: points of
+    regime order <= lower above the cut plus points of order >= upper below
+    it (`misordered`; 0 when the labels are in order). When several cuts tie,
+    the change is only known to lie between the first and the last of them:
+    the bracket spans them all and the estimate is the geometric midpoint of
+    the first and the last cut (each cut itself the geometric midpoint of its
+    two neighbouring points). With labels in order this is the usual estimate:
+    the midpoint of the last `lower` and the first `upper` point. A dense grid
+    and a sparse search thus answer the same question instead of picking
+    different crossings of the same noisy band. Points labelled in `skip` are
+    stepped over. Several trials at one axis value must be merged by the caller.
     """
     x = np.asarray(axis_values, dtype=np.float64)
     lab = np.asarray(labels, dtype=object)
-    order = np.argsort(x, kind="stable")
-    x, lab = x[order], lab[order]
     keep = np.array([l not in set(skip) for l in lab], dtype=bool)
     x, lab = x[keep], lab[keep]
+    order = np.argsort(x, kind="stable")
+    x, lab = x[order], lab[order]
+    level = np.array([REGIME_ORDER.get(str(l), 9) for l in lab])
+    present = sorted(set(level.tolist()))
+    name = {REGIME_ORDER.get(str(l), 9): str(l) for l in lab}
     out = []
-    for i in range(len(x) - 1):
-        if lab[i] != lab[i + 1]:
-            out.append((str(lab[i]), str(lab[i + 1]), float(x[i]), float(x[i + 1])))
+    for lo_level, hi_level in zip(present, present[1:]):
+        above = level > lo_level                          # belongs on the upper side of this change
+        # errors of the cut before point j (j = 1..n-1): upper-side points below + lower-side points above
+        below_upper = np.cumsum(above)[:-1]
+        above_lower = np.cumsum((~above)[::-1])[::-1][1:]
+        errors = below_upper + above_lower
+        best = np.flatnonzero(errors == errors.min()) + 1
+        j1, j2 = int(best[0]), int(best[-1])
+        estimate = midpoint(midpoint(x[j1 - 1], x[j1]), midpoint(x[j2 - 1], x[j2]))
+        out.append((name[lo_level], name[hi_level], float(estimate), float(x[j1 - 1]), float(x[j2]),
+                    int(errors.min())))
     return out
 
 
@@ -471,10 +497,10 @@ def estimate_boundaries(axis_values, labels, seeds=None, *,
     """Boundaries along one axis, for one setting of every other axis.
 
     axis_values, labels, seeds: one entry per trial. Each seed is a replicate
-    line; per seed the change between neighbouring grid points is placed at
-    their geometric midpoint, then seeds are pooled per kind of change
-    (lower -> upper). A seed that crosses the same kind twice (non-monotone)
-    contributes its first crossing. Sorted by position.
+    line; per seed each change is placed by `change_points` (the cut that
+    contradicts the fewest labels, at the geometric midpoint of its
+    neighbours), then seeds are pooled per kind of change (lower -> upper).
+    Sorted by position.
     """
     x = np.asarray(axis_values, dtype=np.float64)
     lab = np.asarray(labels, dtype=object)
@@ -482,22 +508,18 @@ def estimate_boundaries(axis_values, labels, seeds=None, *,
     if not (x.size == lab.size == s.size):
         raise ValueError("axis_values, labels and seeds must have one entry per trial")
     seed_ids = list(dict.fromkeys(s.tolist()))
-    found: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    found: dict[tuple[str, str], list[tuple[float, float, float, int]]] = {}
     for sd in seed_ids:
         m = s == sd
-        seen = set()
-        for lower, upper, a, b in transitions(x[m], lab[m], skip=skip):
-            if (lower, upper) in seen:
-                continue
-            seen.add((lower, upper))
-            found.setdefault((lower, upper), []).append((midpoint(a, b), a, b))
+        for lower, upper, est, a, b, wrong in change_points(x[m], lab[m], skip=skip):
+            found.setdefault((lower, upper), []).append((est, a, b, wrong))
     out = []
     for (lower, upper), est in found.items():
         mids = [e[0] for e in est]
         value, spread = _mean_log(mids)
         out.append(Boundary(lower, upper, value, float(min(mids)), float(max(mids)), spread,
                             float(min(e[1] for e in est)), float(max(e[2] for e in est)),
-                            len(est), len(seed_ids)))
+                            len(est), len(seed_ids), sum(e[3] for e in est)))
     out.sort(key=lambda b: b.value)
     return out
 

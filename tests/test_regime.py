@@ -260,3 +260,47 @@ def test_no_change_no_boundary():
 def test_majority():
     assert R.majority(["a", "b", "a"]) == ("a", pytest.approx(2 / 3))
     assert R.majority([R.CHAOTIC, R.CONVERGENCE])[0] == R.CONVERGENCE
+
+
+def test_labels_out_of_order_give_the_cut_that_contradicts_fewest():
+    grid = list(np.geomspace(1e-3, 1e-1, 9))
+    C, X, D = R.CONVERGENCE, R.CHAOTIC, R.DIVERGENCE
+    # a noisy band: C C C X C X X D D -> the C|X change ties between the cuts around the stray
+    # points (after index 2 and after index 4, one contradiction each)
+    labels = [C, C, C, X, C, X, X, D, D]
+    b_cx, b_xd = R.estimate_boundaries(grid, labels)
+    assert (b_cx.lower, b_cx.upper, b_cx.misordered) == (C, X, 1)
+    first, last = math.sqrt(grid[2] * grid[3]), math.sqrt(grid[4] * grid[5])
+    assert b_cx.value == pytest.approx(math.sqrt(first * last))     # middle of the tied cuts
+    assert (b_cx.bracket_lo, b_cx.bracket_hi) == (grid[2], grid[5])
+    assert (b_xd.name, b_xd.misordered) == ("chaotic_equilibrium->divergence", 0)
+    assert b_xd.value == pytest.approx(math.sqrt(grid[6] * grid[7]))
+    # a single stray label far from the band does not move the change: the clean cut wins
+    labels = [C, X, C, C, C, X, X, X, X]
+    (b,) = R.estimate_boundaries(grid, labels)
+    assert b.value == pytest.approx(math.sqrt(grid[4] * grid[5])) and b.misordered == 1
+    # a missing middle regime: convergence straight to divergence
+    (b,) = R.estimate_boundaries(grid, [C] * 4 + [D] * 5)
+    assert b.name == "convergence->divergence" and b.value == pytest.approx(math.sqrt(grid[3] * grid[4]))
+
+
+def test_change_point_agrees_with_brute_force_on_random_labels():
+    """Second formulation: try every cut, count contradictions directly."""
+    rng = np.random.default_rng(0)
+    C, X, D = R.CONVERGENCE, R.CHAOTIC, R.DIVERGENCE
+    for _ in range(200):
+        n = int(rng.integers(2, 12))
+        x = np.sort(rng.uniform(-4, 0, n))
+        x = 10 ** x
+        labels = list(rng.choice([C, X, D], size=n))
+        for lower, upper, est, lo, hi, wrong in R.change_points(x, labels):
+            lo_l, hi_l = R.REGIME_ORDER[lower], R.REGIME_ORDER[upper]
+            errs = []
+            for j in range(1, n):
+                errs.append(sum(R.REGIME_ORDER[l] > lo_l for l in labels[:j])
+                            + sum(R.REGIME_ORDER[l] <= lo_l for l in labels[j:]))
+            assert wrong == min(errs)
+            best = [j for j in range(1, n) if errs[j - 1] == min(errs)]
+            assert (lo, hi) == (x[best[0] - 1], x[best[-1]])
+            assert lo <= est <= hi
+            assert hi_l > lo_l

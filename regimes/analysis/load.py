@@ -220,7 +220,7 @@ def boundaries(study: Study, labels: pd.DataFrame | None = None, axis: str | Non
     axis = axis or study.main_axis
     others = study.other_axes(axis) if axis else []
     cols = others + ["axis", "boundary", "lower", "upper", "value", "lo", "hi", "log10_spread",
-                     "bracket_lo", "bracket_hi", "n_seeds", "n_seeds_total"]
+                     "bracket_lo", "bracket_hi", "n_seeds", "n_seeds_total", "misordered"]
     if axis is None or axis not in labels or labels[axis].nunique() < 2:
         return pd.DataFrame(columns=cols)
     rows = []
