@@ -62,6 +62,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 
+def resolve_memory_format(name: str, device: torch.device) -> torch.memory_format:
+    """channels_last on CPU (oneDNN's fast path for conv, BN and pooling), NCHW on CUDA unless asked."""
+    if name == "auto":
+        name = "channels_last" if device.type == "cpu" else "contiguous"
+    return torch.channels_last if name == "channels_last" else torch.contiguous_format
+
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, dtype: torch.dtype = torch.float32):
@@ -74,6 +80,11 @@ class Trainer:
             raise ConfigError("batch_size", f"{cfg.batch_size} exceeds the {n} training examples")
         self.steps_per_epoch = n // cfg.batch_size  # the last partial batch is dropped (BN needs > 1 example)
         self.model = build_model(cfg, self.data.input_shape, self.data.num_classes).to(self.device, dtype)
+        self.memory_format = resolve_memory_format(cfg.memory_format, self.device)
+        if len(self.data.input_shape) == 3:   # images: model and data in one layout
+            self.model.to(memory_format=self.memory_format)
+            self.data.x_train = self.data.x_train.contiguous(memory_format=self.memory_format)
+            self.data.x_test = self.data.x_test.contiguous(memory_format=self.memory_format)
         self.roles = find_roles(self.model)
         self.si_params = self.roles.params(self.model, Role.SCALE_INVARIANT, trainable_only=True)
         if cfg.mode == "sphere" and not self.si_params:
@@ -176,6 +187,7 @@ class Trainer:
             for i in range(self.steps_per_epoch):
                 idx = perm[i * B:(i + 1) * B]
                 x = augment(data.x_train[idx], data.crop_pad, data.flip, self.gen)
+                x = x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
                 y = data.y_train[idx]
                 r = float(self.rate[self.step])
                 for g, lr_of in zip(self.optimizer.param_groups, self._lr_of_group):

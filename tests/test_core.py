@@ -253,3 +253,19 @@ def test_every_record_has_the_same_measures_whatever_the_techniques():
                                                   "curvature_subset": 64}))))
     assert set(plain) == set(busy)
     assert math.isnan(plain["weight_l2"]) and busy["weight_l2"] > 0 and busy["sharpness"] == busy["sharpness"]
+
+
+def test_memory_format_changes_the_layout_not_the_function():
+    """auto = channels_last on CPU for model and data; a few steps agree with the NCHW run up to float
+    rounding (longer runs drift apart as any change of float arithmetic makes SGD do)."""
+    cfg = TrainConfig.from_dict(dict(TINY, model="convnet_si", subset=96, batch_size=32, epochs=1, augment=True,
+                                     device="cpu"))
+    recs = {}
+    for mf in ("auto", "contiguous"):
+        t = Trainer(cfg.replace(memory_format=mf))
+        conv_w = next(m.weight for m in t.model.modules() if isinstance(m, torch.nn.Conv2d))
+        fmt = torch.channels_last if mf == "auto" else torch.contiguous_format
+        assert conv_w.is_contiguous(memory_format=fmt) and t.data.x_train.is_contiguous(memory_format=fmt)
+        recs[mf] = next(iter(t.run()))
+    for k in ("train_loss", "train_acc", "test_loss", "test_acc", "si_norm", "eff_grad_norm", "angular_update"):
+        assert recs["auto"][k] == pytest.approx(recs["contiguous"][k], rel=1e-4, abs=1e-6), k

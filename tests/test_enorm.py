@@ -147,3 +147,26 @@ def test_bn_is_crossed_but_not_function_preserving():
     out = net(x).detach()
     ENorm(net).step()
     assert not torch.allclose(net(x), out, atol=1e-5)  # documented: not function-preserving
+
+
+def test_channels_last_weights_are_balanced_like_contiguous_ones():
+    """The trainer keeps conv weights channels_last on CPU: ENorm must scale them, not a copy."""
+    import copy
+
+    net, x = _nets()[0]
+    net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    assert net_cl.c2.weight.is_contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net_cl.parameters(), lr=0.1, momentum=0.9)
+    net_cl(x.contiguous(memory_format=torch.channels_last)).sum().backward()
+    opt.step()                                       # momentum buffers exist, channels_last too
+    ref = copy.deepcopy(net_cl).to(memory_format=torch.contiguous_format)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    ref_opt.load_state_dict(opt.state_dict())
+    a, b = ENorm(net_cl, opt, c=1.2), ENorm(ref, ref_opt, c=1.2)
+    for _ in range(3):
+        a.step(), b.step()
+    for (name, p), q in zip(net_cl.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=0, msg=name)
+        torch.testing.assert_close(opt.state[p]["momentum_buffer"], ref_opt.state[q]["momentum_buffer"],
+                                   rtol=1e-12, atol=0, msg=name)
+    assert not torch.equal(net_cl.c2.weight, net.c2.weight)      # balancing did change them

@@ -170,6 +170,12 @@ def _right_view(w: Tensor, pair: Pair) -> Tensor:
     return w.reshape(w.shape[0], units, -1)
 
 
+def _scale_right(w: Tensor, pair: Pair, col: Tensor) -> None:
+    """Scale column j of the right weight by col[j], in place, in any memory layout (a
+    channels_last weight's (out, units, rest) reshape need not be a view)."""
+    w.copy_((_right_view(w, pair) * col).reshape(w.shape))
+
+
 class ENorm:
     """One balancing cycle per `step()`; rescales SGD momentum buffers in `optimizer`."""
 
@@ -206,10 +212,10 @@ class ENorm:
             pair.left.bias.mul_(d)
             _scale(self._buffer(pair.left.bias), 1 / d)
         col = (1 / d).view(1, -1, 1)
-        _right_view(wr, pair).mul_(col)  # a view of wr: scales in place
+        _scale_right(wr, pair, col)
         buf = self._buffer(wr)
         if buf is not None:
-            _right_view(buf, pair).mul_(1 / col)
+            _scale_right(buf, pair, 1 / col)
 
     def weighted_norm(self) -> float:
         """L_c = sum_k c^{-2k} ||W_k||^2 over the balanced layers (the objective)."""
