@@ -177,9 +177,10 @@ def evidence(train_loss, train_acc, eff_grad_norm, num_classes: int, *,
         lw = loss[win]
         ev["loss_final"] = float(np.mean(lw))
         ev["loss_last"] = float(lw[-1])
+        ev["loss_min"] = float(np.min(lw))
         ev["loss_rel_change"], ev["loss_trend_t"] = _trend(t[win], lw)
     else:
-        ev["loss_final"] = ev["loss_last"] = math.nan
+        ev["loss_final"] = ev["loss_last"] = ev["loss_min"] = math.nan
         ev["loss_rel_change"] = ev["loss_trend_t"] = math.nan
     ev["loss_over_ln_c"] = ev["loss_final"] / ev["ln_c"]
 
@@ -243,6 +244,12 @@ def label_from_evidence(ev: dict[str, Any], rules: RegimeRules = RegimeRules()) 
         return DIVERGENCE, (f"accuracy {ev['acc_final']:.3f} near chance {ev['chance']:.3f}, "
                             f"loss {loss:.3g} >= {rules.diverge_loss_frac} ln C = "
                             f"{rules.diverge_loss_frac * ev['ln_c']:.3g} and not decreasing")
+
+    # ...or confidently wrong: chance accuracy with the loss above ln C at every epoch of the
+    # window. A falling loss there is logits shrinking toward the random guesser, not learning.
+    if near_chance and ev["loss_min"] >= ev["ln_c"]:
+        return DIVERGENCE, (f"accuracy {ev['acc_final']:.3f} near chance {ev['chance']:.3f} and loss above "
+                            f"ln C = {ev['ln_c']:.3g} at every epoch of the window (min {ev['loss_min']:.3g})")
 
     # chaotic equilibrium: loss and G_t flat at a nonzero level, acc above chance.
     if loss_stable and grad_stable and (above_chance or (not has_acc and not at_ln_c)):

@@ -101,6 +101,19 @@ def test_early_training_near_chance_but_falling_is_unresolved():
     assert c.label == R.UNRESOLVED, c.evidence
 
 
+def test_confidently_wrong_with_loss_falling_above_ln_c_is_divergence():
+    # a diverged net on the sphere: chance accuracy, large logits (loss ~2.4 ln C) shrinking
+    # over the final window but above ln C at every epoch: not learning
+    loss = LN_C * (3.0 - 1.2 * EPOCHS / T) + 0.1 * _noise(3, 1.0)
+    acc = 0.1 + 0.01 * _noise(4, 1.0)
+    c = R.classify(loss, acc, np.full(T, 40.0), C)
+    assert c.label == R.DIVERGENCE, c.evidence
+    assert c.evidence["loss_rel_change"] < -0.1 and c.evidence["loss_min"] > LN_C
+    # the same with one epoch of the window dipping under ln C stays undecided
+    loss[-2] = 0.9 * LN_C
+    assert R.classify(loss, acc, np.full(T, 40.0), C).label == R.UNRESOLVED
+
+
 def test_unmeasured_epochs_are_ignored():
     loss, acc, grad = chaotic()
     gappy_loss, gappy_acc = loss.copy(), acc.copy()
