@@ -242,7 +242,7 @@ def boundary_table(bounds: pd.DataFrame) -> pd.DataFrame:
         return bounds
     keep = [c for c in bounds.columns if c not in ("lower", "upper", "bracket_lo", "bracket_hi", "axis")]
     t = bounds[keep].copy()
-    t.insert(len(keep) - 2, "seeds", t["n_seeds"].astype(str) + "/" + t["n_seeds_total"].astype(str))
+    t.insert(keep.index("n_seeds"), "seeds", t["n_seeds"].astype(str) + "/" + t["n_seeds_total"].astype(str))
     return t.drop(columns=["n_seeds", "n_seeds_total"])
 
 
@@ -277,9 +277,11 @@ def _markdown(study, labels, bounds, x, figures, notes, rules, out: Path, schedu
     md += ["## Boundaries", ""]
     if x:
         md += [f"Where the regime changes along `{x}`: per seed the geometric midpoint of the two "
-               "neighbouring grid points with different labels (unresolved points stepped over); "
-               "`value` is the geometric mean over seeds, `lo`/`hi` the range, `log10_spread` the "
-               "standard deviation of log10 over seeds.", ""]
+               "neighbouring grid points with different labels (unresolved points stepped over); when "
+               "labels near a boundary are out of regime order, the cut that contradicts the fewest of "
+               "them (ties: the middle of the tied cuts), and `misordered` counts the contradicting "
+               "labels over seeds. `value` is the geometric mean over seeds, `lo`/`hi` the range, "
+               "`log10_spread` the standard deviation of log10 over seeds.", ""]
     md.append(_md_table(boundary_table(bounds)))
     for kind, title, text in (
             ("phase", "Phase diagrams", "Cell colour: majority regime over seeds; hatched cells with "
