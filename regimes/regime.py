@@ -178,9 +178,10 @@ def evidence(train_loss, train_acc, eff_grad_norm, num_classes: int, *,
         ev["loss_final"] = float(np.mean(lw))
         ev["loss_last"] = float(lw[-1])
         ev["loss_min"] = float(np.min(lw))
+        ev["loss_median"] = float(np.median(lw))
         ev["loss_rel_change"], ev["loss_trend_t"] = _trend(t[win], lw)
     else:
-        ev["loss_final"] = ev["loss_last"] = ev["loss_min"] = math.nan
+        ev["loss_final"] = ev["loss_last"] = ev["loss_min"] = ev["loss_median"] = math.nan
         ev["loss_rel_change"] = ev["loss_trend_t"] = math.nan
     ev["loss_over_ln_c"] = ev["loss_final"] / ev["ln_c"]
 
@@ -228,9 +229,11 @@ def label_from_evidence(ev: dict[str, Any], rules: RegimeRules = RegimeRules()) 
     grad_stable = (not has_grad) or grad_trend == 0
     grad_falling = (not has_grad) or grad_trend < 0
 
-    # convergence: the loss is at 0, or small and still heading there with G_t.
-    if loss <= rules.converge_loss:
-        return CONVERGENCE, f"final train loss {loss:.3g} <= {rules.converge_loss}"
+    # convergence: the loss is at 0 (the window's median: a converged net on the sphere can
+    # spike for an epoch and fall back), or small and still heading there with G_t.
+    if ev["loss_median"] <= rules.converge_loss:
+        return CONVERGENCE, (f"final train loss {ev['loss_median']:.3g} (median of the window, mean "
+                             f"{loss:.3g}) <= {rules.converge_loss}")
     if loss <= rules.converge_trend_loss and loss_falling and grad_falling:
         return CONVERGENCE, (f"train loss {loss:.3g} <= {rules.converge_trend_loss} and falling "
                              f"({dloss:+.2f}/window), eff. grad norm falling")

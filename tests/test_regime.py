@@ -114,6 +114,19 @@ def test_confidently_wrong_with_loss_falling_above_ln_c_is_divergence():
     assert R.classify(loss, acc, np.full(T, 40.0), C).label == R.UNRESOLVED
 
 
+def test_a_converged_run_with_one_spike_in_the_window_is_still_convergence():
+    # at loss ~1e-3 for 15 epochs, one epoch jumps to 0.2 and falls back (the window mean, 0.014,
+    # is over the threshold; its median is not)
+    loss = np.r_[np.geomspace(1.0, 1e-3, T - 15), np.full(15, 1e-3)]
+    loss[-5] = 0.2
+    c = R.classify(loss, np.full(T, 1.0), np.full(T, 0.5), C)
+    assert c.label == R.CONVERGENCE, c.evidence
+    assert c.evidence["loss_final"] > 0.01 > c.evidence["loss_median"]
+    # but a run that left zero and stays off it is not
+    loss[-8:] = 0.03
+    assert R.classify(loss, np.full(T, 1.0), np.full(T, 0.5), C).label != R.CONVERGENCE
+
+
 def test_unmeasured_epochs_are_ignored():
     loss, acc, grad = chaotic()
     gappy_loss, gappy_acc = loss.copy(), acc.copy()
