@@ -68,23 +68,34 @@ def load_data(cfg: TrainConfig, device: torch.device | str = "cpu", dtype=torch.
 
 
 def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random crop (zero padding `pad`) and optional horizontal flip, for a whole batch at once."""
+    """Random crop (zero padding `pad`) and optional horizontal flip, for a whole batch at once.
+
+    Works in the batch's own memory layout: a channels_last batch is cropped as its
+    NHWC view, so the result is channels_last without a layout copy. The random draws
+    and the values do not depend on the layout."""
     if pad == 0 and not flip:
         return x
     n, c, h, w = x.shape
+    nhwc = c > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    v = x.permute(0, 2, 3, 1) if nhwc else x           # a view either way
+    hd, wd = (1, 2) if nhwc else (2, 3)                  # spatial dims of v
     dev = x.device
     if pad:
-        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        vp = torch.nn.functional.pad(v, (0, 0, pad, pad, pad, pad) if nhwc else (pad, pad, pad, pad))
         dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(dev)
         dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(dev)
-        rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (n,1,h,1)
-        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # (n,1,1,w)
-        xp = xp.gather(2, rows.expand(n, c, h, w + 2 * pad))
-        x = xp.gather(3, cols.expand(n, c, h, w))
+        rows = dy[:, None] + torch.arange(h, device=dev)                # (n, h)
+        cols = dx[:, None] + torch.arange(w, device=dev)                # (n, w)
+        if nhwc:
+            vp = vp.gather(1, rows[:, :, None, None].expand(n, h, w + 2 * pad, c))
+            v = vp.gather(2, cols[:, None, :, None].expand(n, h, w, c))
+        else:
+            vp = vp.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * pad))
+            v = vp.gather(3, cols[:, None, None, :].expand(n, c, h, w))
     if flip:
         mask = torch.rand(n, generator=gen, device=gen.device).to(dev) < 0.5
-        x = torch.where(mask[:, None, None, None], x.flip(3), x)
-    return x
+        v = torch.where(mask[:, None, None, None], v.flip(wd), v)
+    return v.permute(0, 3, 1, 2) if nhwc else v
 
 
 # ---------------------------------------------------------------------------
