@@ -273,7 +273,9 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            return self._loss_acc(self.data.x_test, self.data.y_test, 1000)
+            # eval-mode outputs do not depend on the chunk: small chunks stay in the CPU's
+            # cache (2.5x faster than 1000 at width 16), large ones fill a GPU
+            return self._loss_acc(self.data.x_test, self.data.y_test, 1000 if self.device.type == "cuda" else 128)
         finally:
             self.model.train(was_training)
 
