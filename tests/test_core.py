@@ -269,3 +269,32 @@ def test_memory_format_changes_the_layout_not_the_function():
         recs[mf] = next(iter(t.run()))
     for k in ("train_loss", "train_acc", "test_loss", "test_acc", "si_norm", "eff_grad_norm", "angular_update"):
         assert recs["auto"][k] == pytest.approx(recs["contiguous"][k], rel=1e-4, abs=1e-6), k
+
+
+@pytest.mark.parametrize("model", ["convnet_si", "convnet_lcnn"])
+def test_convnet_pools_before_activating_which_is_the_paper_function(model):
+    """Stages pool before the (non-decreasing) activation: rebuilt with activate-then-pool,
+    the same modules give the same outputs and gradients."""
+    import copy
+
+    cfg = TrainConfig.from_dict(dict(TINY, dataset="synthetic", model=model, width=4, depth=4, device="cpu"))
+    net = build_model(cfg, (3, 16, 16), 10).double()
+    ref = copy.deepcopy(net)
+    layers, out, i = list(ref.features), [], 0
+    while i < len(layers):
+        if isinstance(layers[i], torch.nn.MaxPool2d):
+            out += [layers[i + 1], layers[i]]          # swap back: activation, then pool
+            i += 2
+        else:
+            out.append(layers[i])
+            i += 1
+    assert [type(m) for m in out] != [type(m) for m in layers]
+    ref.features = torch.nn.Sequential(*out)
+    x = torch.randn(8, 3, 16, 16, dtype=torch.float64)
+    y = torch.randint(0, 10, (8,))
+    for m in (net, ref):
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+    torch.testing.assert_close(net(x), ref(x), rtol=1e-12, atol=1e-12)
+    for (name, p), q in zip(net.named_parameters(), ref.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)

@@ -2,7 +2,8 @@
 
 Stage i (i = 0 .. depth-1) is conv3x3 -> BatchNorm -> activation with width
 c * 2^i (capped at 8c: c, 2c, 4c, 8c, 8c, ...); stages after the first end with
-a 2x2 max-pool while the feature map is still larger than 1x1. A global max-pool
+a 2x2 max-pool while the feature map is still larger than 1x1 (computed before
+the activation, which is the same function for non-decreasing activations). A global max-pool
 and one linear layer (the head) follow. With depth 4 on 32x32 inputs this is the
 paper's c-2c-4c-8c network.
 
@@ -30,10 +31,14 @@ class ConvNet(nn.Module):
         for i in range(depth):
             cout = width * 2 ** min(i, 3)
             n = norm(cout)
-            layers += [conv(cin, cout, bias)] + ([n] if n is not None else []) + [act()]
+            layers += [conv(cin, cout, bias)] + ([n] if n is not None else [])
             if i > 0 and size > 1:
+                # pool, then activate: the same function as activate-then-pool, because every
+                # activation here is non-decreasing (max commutes with it), and the same
+                # gradients, but the activation runs on a quarter of the elements
                 layers.append(nn.MaxPool2d(2))
                 size //= 2
+            layers.append(act())
             cin = cout
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveMaxPool2d(1)
