@@ -73,6 +73,9 @@ class RegimeRules:
     # divergence: final loss >= diverge_loss_frac * ln C (a random guesser
     # sits at ln C; large logits of a confused net put it above).
     diverge_loss_frac: float = 0.8
+    # ...or: chance accuracy, loss above ln C at every epoch of the window, and a fall (if
+    # any) whose t-statistic is below this: noise of a confused net, not a smooth descent.
+    diverge_noisy_t: float = 4.0
     # early stopping: a label is "decided" once it held for this many
     # consecutive evaluations (see `decided`).
     decided_patience: int = 3
@@ -230,8 +233,9 @@ def label_from_evidence(ev: dict[str, Any], rules: RegimeRules = RegimeRules()) 
     grad_falling = (not has_grad) or grad_trend < 0
 
     # convergence: the loss is at 0 (the window's median: a converged net on the sphere can
-    # spike for an epoch and fall back), or small and still heading there with G_t.
-    if ev["loss_median"] <= rules.converge_loss:
+    # spike for an epoch and fall back, so the last epoch must be back near 0), or small and
+    # still heading there with G_t.
+    if ev["loss_median"] <= rules.converge_loss and ev["loss_last"] <= rules.converge_trend_loss:
         return CONVERGENCE, (f"final train loss {ev['loss_median']:.3g} (median of the window, mean "
                              f"{loss:.3g}) <= {rules.converge_loss}")
     if loss <= rules.converge_trend_loss and loss_falling and grad_falling:
@@ -249,8 +253,10 @@ def label_from_evidence(ev: dict[str, Any], rules: RegimeRules = RegimeRules()) 
                             f"{rules.diverge_loss_frac * ev['ln_c']:.3g} and not decreasing")
 
     # ...or confidently wrong: chance accuracy with the loss above ln C at every epoch of the
-    # window. A falling loss there is logits shrinking toward the random guesser, not learning.
-    if near_chance and ev["loss_min"] >= ev["ln_c"]:
+    # window, falling at most noisily. A diverged net's loss jumps epoch to epoch (large logits
+    # relaxing and flaring up); a net that has not started learning falls smoothly (|t| large).
+    noisy_fall = math.isfinite(ev["loss_trend_t"]) and abs(ev["loss_trend_t"]) < rules.diverge_noisy_t
+    if near_chance and ev["loss_min"] >= ev["ln_c"] and (not loss_falling or noisy_fall):
         return DIVERGENCE, (f"accuracy {ev['acc_final']:.3f} near chance {ev['chance']:.3f} and loss above "
                             f"ln C = {ev['ln_c']:.3g} at every epoch of the window (min {ev['loss_min']:.3g})")
 
@@ -468,7 +474,9 @@ def change_points(axis_values, labels, *, skip: Iterable[str] = (UNRESOLVED,)) -
     apart can read convergence, chaotic, convergence. Each change is therefore
     the one cut along the axis that contradicts the fewest labels: points of
     regime order <= lower above the cut plus points of order >= upper below
-    it (`misordered`; 0 when the labels are in order). When several cuts tie,
+    it (`misordered`; 0 when the labels are in order). A change is reported only
+    when its best cut contradicts fewer labels than "no change in the range"
+    (every point on one side) does. When several cuts tie,
     the change is only known to lie between the first and the last of them:
     the bracket spans them all and the estimate is the geometric midpoint of
     the first and the last cut (each cut itself the geometric midpoint of its
@@ -494,6 +502,10 @@ def change_points(axis_values, labels, *, skip: Iterable[str] = (UNRESOLVED,)) -
         below_upper = np.cumsum(above)[:-1]
         above_lower = np.cumsum((~above)[::-1])[::-1][1:]
         errors = below_upper + above_lower
+        # no change inside the range (every point on one side) must explain the labels worse:
+        # a stray label at one end is noise, not a boundary at the other end
+        if errors.min() >= min(int(above.sum()), int((~above).sum())):
+            continue
         best = np.flatnonzero(errors == errors.min()) + 1
         j1, j2 = int(best[0]), int(best[-1])
         estimate = midpoint(midpoint(x[j1 - 1], x[j1]), midpoint(x[j2 - 1], x[j2]))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from dataclasses import fields
 from typing import Callable, Iterator
 
 import torch
@@ -299,8 +300,14 @@ class Trainer:
                 "techniques": self.techniques.state_dict()}
 
     def load_state_dict(self, sd: dict) -> None:
-        if sd["config"] != self.cfg.to_dict():
-            diff = sorted(k for k in sd["config"] if sd["config"].get(k) != self.cfg.to_dict().get(k))
+        # Fields a checkpoint predates take their defaults; the memory layout may differ (it
+        # changes how tensors are stored, not the run).
+        known = {f.name for f in fields(TrainConfig)}
+        theirs = {**TrainConfig().to_dict(), **{k: v for k, v in sd["config"].items() if k in known}}
+        ours = self.cfg.to_dict()
+        diff = sorted(k for k in (set(theirs) | set(sd["config"])) - {"memory_format"}
+                      if k not in known or theirs.get(k) != ours.get(k))
+        if diff:
             raise ConfigError("checkpoint", f"was written by a different config (differs in: {', '.join(diff)})")
         self.model.load_state_dict(sd["model"])
         self.optimizer.load_state_dict(sd["optimizer"])

@@ -258,8 +258,8 @@ def test_every_record_has_the_same_measures_whatever_the_techniques():
 def test_memory_format_changes_the_layout_not_the_function():
     """auto = channels_last on CPU for model and data; a few steps agree with the NCHW run up to float
     rounding (longer runs drift apart as any change of float arithmetic makes SGD do)."""
-    cfg = TrainConfig.from_dict(dict(TINY, model="convnet_si", subset=96, batch_size=32, epochs=1, augment=True,
-                                     device="cpu"))
+    cfg = TrainConfig.from_dict(dict(TINY, dataset="synthetic", model="convnet_si", subset=96, batch_size=32,
+                                     epochs=1, augment=True, device="cpu"))       # 3 channels: layouts differ
     recs = {}
     for mf in ("auto", "contiguous"):
         t = Trainer(cfg.replace(memory_format=mf))
@@ -298,3 +298,18 @@ def test_convnet_pools_before_activating_which_is_the_paper_function(model):
     for (name, p), q in zip(net.named_parameters(), ref.parameters()):
         if p.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_checkpoint_from_before_a_new_config_field_resumes_and_a_real_difference_is_named():
+    cfg = TrainConfig.from_dict(dict(TINY, model="convnet_si", subset=64, batch_size=32, epochs=2, device="cpu"))
+    t = Trainer(cfg)
+    next(iter(t.run()))
+    sd = t.state_dict()
+    old = dict(sd, config={k: v for k, v in sd["config"].items() if k != "memory_format"})   # older writer
+    r = Trainer(cfg.replace(memory_format="contiguous"))        # layout may differ on resume
+    r.load_state_dict(old)
+    assert r.epoch == 1
+    with pytest.raises(ConfigError, match="differs in: elr"):
+        Trainer(cfg.replace(elr=cfg.elr * 2)).load_state_dict(old)
+    with pytest.raises(ConfigError, match="differs in: no_such_key"):
+        Trainer(cfg).load_state_dict(dict(sd, config={**sd["config"], "no_such_key": 1}))

@@ -104,7 +104,7 @@ def test_early_training_near_chance_but_falling_is_unresolved():
 def test_confidently_wrong_with_loss_falling_above_ln_c_is_divergence():
     # a diverged net on the sphere: chance accuracy, large logits (loss ~2.4 ln C) shrinking
     # over the final window but above ln C at every epoch: not learning
-    loss = LN_C * (3.0 - 1.2 * EPOCHS / T) + 0.1 * _noise(3, 1.0)
+    loss = LN_C * (3.0 - 1.2 * EPOCHS / T) + 0.7 * _noise(3, 1.0)     # jumps epoch to epoch
     acc = 0.1 + 0.01 * _noise(4, 1.0)
     c = R.classify(loss, acc, np.full(T, 40.0), C)
     assert c.label == R.DIVERGENCE, c.evidence
@@ -124,6 +124,18 @@ def test_a_converged_run_with_one_spike_in_the_window_is_still_convergence():
     assert c.evidence["loss_final"] > 0.01 > c.evidence["loss_median"]
     # but a run that left zero and stays off it is not
     loss[-8:] = 0.03
+    assert R.classify(loss, np.full(T, 1.0), np.full(T, 0.5), C).label != R.CONVERGENCE
+
+
+def test_a_smooth_fall_above_ln_c_at_chance_is_a_net_still_starting_not_divergence():
+    loss = LN_C * (4.0 - 2.95 * EPOCHS / T)            # smooth, above ln C, falling fast
+    c = R.classify(loss, np.full(T, 0.1), np.full(T, 3.0), C)
+    assert c.label == R.UNRESOLVED, c.evidence
+
+
+def test_a_spike_on_the_last_epoch_is_not_convergence():
+    loss = np.r_[np.geomspace(1.0, 1e-3, T - 15), np.full(15, 1e-3)]
+    loss[-1] = 0.5
     assert R.classify(loss, np.full(T, 1.0), np.full(T, 0.5), C).label != R.CONVERGENCE
 
 
@@ -310,6 +322,15 @@ def test_labels_out_of_order_give_the_cut_that_contradicts_fewest():
     assert b.name == "convergence->divergence" and b.value == pytest.approx(math.sqrt(grid[3] * grid[4]))
 
 
+def test_a_stray_label_at_one_end_is_not_a_boundary_at_the_other():
+    grid = list(np.geomspace(1e-3, 1e-1, 8))
+    C, X, D = R.CONVERGENCE, R.CHAOTIC, R.DIVERGENCE
+    assert R.estimate_boundaries(grid, [X] + [C] * 7) == []
+    (b,) = R.estimate_boundaries(grid, [D, C, C, C, X, X, X, X])       # no chaotic -> divergence
+    assert b.name == "convergence->chaotic_equilibrium" and b.value == pytest.approx(math.sqrt(grid[3] * grid[4]))
+    assert R.estimate_boundaries(grid, [C] * 6 + [X, C]) == []         # as good as no change: none
+
+
 def test_change_point_agrees_with_brute_force_on_random_labels():
     """Second formulation: try every cut, count contradictions directly."""
     rng = np.random.default_rng(0)
@@ -326,6 +347,8 @@ def test_change_point_agrees_with_brute_force_on_random_labels():
                 errs.append(sum(R.REGIME_ORDER[l] > lo_l for l in labels[:j])
                             + sum(R.REGIME_ORDER[l] <= lo_l for l in labels[j:]))
             assert wrong == min(errs)
+            n_up = sum(R.REGIME_ORDER[l] > lo_l for l in labels)
+            assert wrong < min(n_up, n - n_up)                  # beats "no change in range"
             best = [j for j in range(1, n) if errs[j - 1] == min(errs)]
             assert (lo, hi) == (x[best[0] - 1], x[best[-1]])
             assert lo <= est <= hi

@@ -243,17 +243,16 @@ def unfinished_trials(study: Study, statuses: Counter, store: StudyStore) -> int
     running). A boundary search that was cut short counts its unspent budget only while
     some bracket is still wider than the resolution."""
     running = statuses.get("running", 0)
+    ended = sum(statuses.values()) - running
     if study.kind != "boundary":
-        return running + max(0, study.num_trials() - sum(statuses.values()))
+        return max(0, study.num_trials() - ended)
     import json
 
     from .boundary import SUMMARY_FILE
 
     path = store.local_dir / SUMMARY_FILE
-    if not path.exists():
-        return running or study.budget
-    s = json.loads(path.read_text())
-    return running + (0 if s["finished"] else max(0, s["budget"] - s["trials"]))
+    finished = path.exists() and json.loads(path.read_text())["finished"]
+    return running if finished else max(running, study.budget - ended)
 
 
 def report(study: Study, store: StudyStore, grid) -> int:
