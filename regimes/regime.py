@@ -235,7 +235,8 @@ def label_from_evidence(ev: dict[str, Any], rules: RegimeRules = RegimeRules()) 
     # convergence: the loss is at 0 (the window's median: a converged net on the sphere can
     # spike for an epoch and fall back, so the last epoch must be back near 0), or small and
     # still heading there with G_t.
-    if ev["loss_median"] <= rules.converge_loss and ev["loss_last"] <= rules.converge_trend_loss:
+    if ev["loss_median"] <= rules.converge_loss and ev["loss_last"] <= max(rules.converge_loss,
+                                                                          rules.converge_trend_loss):
         return CONVERGENCE, (f"final train loss {ev['loss_median']:.3g} (median of the window, mean "
                              f"{loss:.3g}) <= {rules.converge_loss}")
     if loss <= rules.converge_trend_loss and loss_falling and grad_falling:
