@@ -47,15 +47,16 @@ BASE = {"dataset": "digits", "model": "convnet_si", "width": 8, "mode": "sphere"
 SMOKE = {"width": 4, "epochs": 4, "subset": 256, "batch_size": 32}
 
 
-def run(name: str, search: dict, base: dict, storage: str, early_stop: bool):
+def run(name: str, search: dict, base: dict, storage: str, early_stop: bool, analyse_only: bool = False):
     source = {"name": name, "base": base, "search": search, "resources": {"cpu": 1},
               "checkpoint_every": 1000}
     if early_stop:
         source["early_stop"] = True
     study = spec.from_dict(source)
     t0 = time.time()
-    run_study(study, storage, verbose=0)
-    wall = time.time() - t0
+    if not analyse_only:
+        run_study(study, storage, verbose=0)
+    wall = time.time() - t0 if not analyse_only else math.nan
     res = load_study(Path(storage) / name)
     labels = classify(res)
     return study, res, labels, wall
@@ -131,6 +132,8 @@ def main(argv=None) -> int:
     p.add_argument("--replay", nargs="*", default=[], metavar="DIR",
                    help="recorded studies to replay early stopping on (e.g. results/demo-digits)")
     p.add_argument("--smoke-test", action="store_true")
+    p.add_argument("--analyse-only", action="store_true",
+                   help="re-read the studies already in --storage (e.g. with changed rules); train nothing")
     a = p.parse_args(argv)
 
     import ray
@@ -147,16 +150,19 @@ def main(argv=None) -> int:
                 "budget": n_grid * len(a.seeds), "probes_per_round": a.probes, "initial": a.initial,
                 "space": {"seed": a.seeds}}
     rows = {}
-    ray.init(address="local", num_cpus=a.cpus, include_dashboard=False, log_to_driver=False)
+    if not a.analyse_only:
+        ray.init(address="local", num_cpus=a.cpus, include_dashboard=False, log_to_driver=False)
     try:
-        _, g, gl, gw = run("grid", {"kind": "grid", "space": {"elr": grid_elrs, "seed": a.seeds}}, base, storage, False)
+        grid_search = {"kind": "grid", "space": {"elr": grid_elrs, "seed": a.seeds}}
+        _, g, gl, gw = run("grid", grid_search, base, storage, False, a.analyse_only)
         print(f"grid done in {gw:.0f} s", flush=True)
-        _, s, sl, sw = run("search", boundary, base, storage, False)
+        _, s, sl, sw = run("search", boundary, base, storage, False, a.analyse_only)
         print(f"search done in {sw:.0f} s", flush=True)
-        _, se, sel, sew = run("search-es", boundary, base, storage, True)
+        _, se, sel, sew = run("search-es", boundary, base, storage, True, a.analyse_only)
         print(f"search + early stop done in {sew:.0f} s", flush=True)
     finally:
-        ray.shutdown()
+        if not a.analyse_only:
+            ray.shutdown()
 
     stop = R.EarlyStop()
     ge_epochs, ge_labels = grid_with_early_stop(g, gl, stop)
