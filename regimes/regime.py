@@ -489,7 +489,8 @@ def change_points(axis_values, labels, *, skip: Iterable[str] = (UNRESOLVED,)) -
     """
     x = np.asarray(axis_values, dtype=np.float64)
     lab = np.asarray(labels, dtype=object)
-    keep = np.array([l not in set(skip) for l in lab], dtype=bool)
+    skip = set(skip)
+    keep = np.array([l not in skip for l in lab], dtype=bool)
     x, lab = x[keep], lab[keep]
     order = np.argsort(x, kind="stable")
     x, lab = x[order], lab[order]

@@ -31,6 +31,8 @@ from . import curvature
 from .models.lcnn import CenteredSoftplus, LipschitzBatchNorm2d
 from .optim.enorm import ENorm
 from .optim.late_phase import LatePhase
+from .optim.swa import SWA
+from .penalties import LCNNPenalty, make_objective
 
 # Every measure a technique can add to an epoch record. The Trainer puts all of
 # them in every record (NaN when the technique is off or the measure is not due),
@@ -44,8 +46,6 @@ TECHNIQUE_MEASURES = (
     "test_acc_swa", "test_loss_swa",                                         # SWA
     "sharpness", "hess_trace", "input_curvature_mean", "input_curvature_std",  # curvature
 )
-from .optim.swa import SWA
-from .penalties import LCNNPenalty, make_objective
 
 if TYPE_CHECKING:
     from .train import Trainer

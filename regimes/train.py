@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import fields
 from typing import Callable, Iterator
 
 import torch
@@ -82,7 +81,8 @@ class Trainer:
         self.steps_per_epoch = n // cfg.batch_size  # the last partial batch is dropped (BN needs > 1 example)
         self.model = build_model(cfg, self.data.input_shape, self.data.num_classes).to(self.device, dtype)
         self.memory_format = resolve_memory_format(cfg.memory_format, self.device)
-        if len(self.data.input_shape) == 3:   # images: model and data in one layout
+        if len(self.data.input_shape) == 3:   # images: model and data in one layout (indexing and
+            # augment keep a batch in its source's layout, so batches need no conversion)
             self.model.to(memory_format=self.memory_format)
             self.data.x_train = self.data.x_train.contiguous(memory_format=self.memory_format)
             self.data.x_test = self.data.x_test.contiguous(memory_format=self.memory_format)
@@ -188,7 +188,6 @@ class Trainer:
             for i in range(self.steps_per_epoch):
                 idx = perm[i * B:(i + 1) * B]
                 x = augment(data.x_train[idx], data.crop_pad, data.flip, self.gen)
-                x = x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
                 y = data.y_train[idx]
                 r = float(self.rate[self.step])
                 for g, lr_of in zip(self.optimizer.param_groups, self._lr_of_group):
@@ -302,7 +301,7 @@ class Trainer:
     def load_state_dict(self, sd: dict) -> None:
         # Fields a checkpoint predates take their defaults; the memory layout may differ (it
         # changes how tensors are stored, not the run).
-        known = {f.name for f in fields(TrainConfig)}
+        known = set(TrainConfig.field_names())
         theirs = {**TrainConfig().to_dict(), **{k: v for k, v in sd["config"].items() if k in known}}
         ours = self.cfg.to_dict()
         diff = sorted(k for k in (set(theirs) | set(sd["config"])) - {"memory_format"}
