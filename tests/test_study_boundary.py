@@ -232,13 +232,6 @@ def test_tune_run_with_a_fake_trainable_finds_the_boundaries(ray_local, tmp_path
     assert len(calls) == len(set(calls)) == summary["trials"]     # each probe trained once
 
 
-def _sweep(spec_path, storage):
-    import sys
-
-    return [sys.executable, "-m", "regimes.cli", "sweep", str(spec_path), "--storage", str(storage),
-            "--num-cpus", "2", "--quiet"]
-
-
 def _finished_trials(root) -> int:
     try:
         rows = pq.read_table(root / "trials.parquet", columns=["status"]).column("status").to_pylist()
@@ -251,14 +244,12 @@ def _finished_trials(root) -> int:
 def test_tiny_digits_boundary_study_interrupted_resumed_and_reported(tmp_path):
     """studies/boundary_elr_digits.yaml shrunk (width 4, 256 examples, 6 epochs) through `regimes
     sweep`, Ctrl-C'd mid-search, run again (Tuner.restore: the searcher resumes), then `regimes report`."""
-    import os
     import signal
     import subprocess
     import time
 
-    import psutil
-
     from regimes.cli import main
+    from sweep_driver import kill_session, sweep
 
     src = yaml.safe_load(open("studies/boundary_elr_digits.yaml"))
     src["name"] = "tiny-boundary"
@@ -271,7 +262,7 @@ def test_tiny_digits_boundary_study_interrupted_resumed_and_reported(tmp_path):
     root = tmp_path / "tiny-boundary"
 
     log = open(tmp_path / "first.log", "w")
-    driver = subprocess.Popen(_sweep(path, tmp_path), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    driver = subprocess.Popen(sweep(path, tmp_path), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 240
         while time.time() < deadline and _finished_trials(root) < 2:
@@ -280,17 +271,12 @@ def test_tiny_digits_boundary_study_interrupted_resumed_and_reported(tmp_path):
         driver.send_signal(signal.SIGINT)
         driver.wait(timeout=120)
     finally:
-        for proc in psutil.process_iter():       # Ray's daemons outlive the driver
-            try:
-                if os.getpgid(proc.pid) == driver.pid:
-                    proc.kill()
-            except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
-                pass
+        kill_session(driver.pid)        # Ray's daemons outlive the driver
         log.close()
     first = json.loads((root / SUMMARY_FILE).read_text())
     assert not first["finished"]
 
-    again = subprocess.run(_sweep(path, tmp_path), capture_output=True, text=True, timeout=300,
+    again = subprocess.run(sweep(path, tmp_path), capture_output=True, text=True, timeout=300,
                            start_new_session=True)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "resuming study 'tiny-boundary'" in again.stdout and "boundary search along elr" in again.stdout

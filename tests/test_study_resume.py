@@ -8,17 +8,16 @@ the trials that had finished before the kill.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import subprocess
-import sys
 import time
 
-import psutil
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import yaml
+
+from sweep_driver import kill_session, sweep
 
 pytestmark = pytest.mark.ray
 
@@ -30,11 +29,6 @@ SPEC = {"name": "resume",
                    "num_samples": 4, "max_concurrent": 2,
                    "space": {"elr": {"loguniform": [1e-3, 1e-1]}, "seed": {"choice": [0, 1]}}},
         "checkpoint_every": 2}
-
-
-def sweep(spec_path, storage):
-    return [sys.executable, "-m", "regimes.cli", "sweep", str(spec_path), "--storage", str(storage),
-            "--num-cpus", "2", "--quiet"]
 
 
 def statuses(root):
@@ -60,16 +54,6 @@ def mid_checkpoint(root) -> bool:
         if n % SPEC["checkpoint_every"] == 1 and n < EPOCHS:
             return True
     return False
-
-
-def kill_session(pgid: int) -> None:
-    """SIGKILL every process left in the session we started (Ray's daemons outlive the driver)."""
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid:
-                proc.kill()
-        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
-            pass
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
