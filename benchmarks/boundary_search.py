@@ -19,6 +19,7 @@ local Ray: exactly what `regimes sweep` runs.
 
 Prints trials and trained epochs of each, the boundaries each found (pooled
 over seeds), the ratios, and whether early stopping changed any label.
+`--train search-es --storage DIR` re-trains only the named studies and re-reads the others.
 `--replay DIR [DIR ...]` also replays early stopping on studies recorded
 elsewhere (e.g. results/demo-digits), a check of the stopping rules on
 configurations they were not tuned on. Targets (issue 6):
@@ -45,6 +46,7 @@ from regimes.study.launch import run_study
 BASE = {"dataset": "digits", "model": "convnet_si", "width": 8, "mode": "sphere", "batch_size": 16,
         "augment": False, "epochs": 20, "device": "cpu"}
 SMOKE = {"width": 4, "epochs": 4, "subset": 256, "batch_size": 32}
+STUDIES = ("grid", "search", "search-es")
 
 
 def run(name: str, search: dict, base: dict, storage: str, early_stop: bool, analyse_only: bool = False):
@@ -134,6 +136,8 @@ def main(argv=None) -> int:
     p.add_argument("--smoke-test", action="store_true")
     p.add_argument("--analyse-only", action="store_true",
                    help="re-read the studies already in --storage (e.g. with changed rules); train nothing")
+    p.add_argument("--train", nargs="+", choices=STUDIES, default=list(STUDIES),
+                   help="studies to train; the others are re-read from --storage (default: all)")
     a = p.parse_args(argv)
 
     import ray
@@ -150,18 +154,21 @@ def main(argv=None) -> int:
                 "budget": n_grid * len(a.seeds), "probes_per_round": a.probes, "initial": a.initial,
                 "space": {"seed": a.seeds}}
     rows = {}
-    if not a.analyse_only:
+    keep = set(STUDIES) if a.analyse_only else set(STUDIES) - set(a.train)
+    if keep and not a.storage:
+        p.error("--analyse-only or --train with fewer studies needs --storage")
+    if keep != set(STUDIES):
         ray.init(address="local", num_cpus=a.cpus, include_dashboard=False, log_to_driver=False)
     try:
         grid_search = {"kind": "grid", "space": {"elr": grid_elrs, "seed": a.seeds}}
-        _, g, gl, gw = run("grid", grid_search, base, storage, False, a.analyse_only)
+        _, g, gl, gw = run("grid", grid_search, base, storage, False, "grid" in keep)
         print(f"grid done in {gw:.0f} s", flush=True)
-        _, s, sl, sw = run("search", boundary, base, storage, False, a.analyse_only)
+        _, s, sl, sw = run("search", boundary, base, storage, False, "search" in keep)
         print(f"search done in {sw:.0f} s", flush=True)
-        _, se, sel, sew = run("search-es", boundary, base, storage, True, a.analyse_only)
+        _, se, sel, sew = run("search-es", boundary, base, storage, True, "search-es" in keep)
         print(f"search + early stop done in {sew:.0f} s", flush=True)
     finally:
-        if not a.analyse_only:
+        if keep != set(STUDIES):
             ray.shutdown()
 
     stop = R.EarlyStop()

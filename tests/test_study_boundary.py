@@ -168,9 +168,12 @@ def test_spec_validation_names_the_key():
             spec.from_dict({**ok, "search": {**ok["search"], **change}})
             pytest.fail(f"no error for {change}")
         assert e.value.key == key, (change, e.value)
-    with pytest.raises(spec.ConfigError) as e:
-        spec.from_dict({**ok, "early_stop": {"window": 1}})
-    assert e.value.key == "early_stop.window"
+    for key in ("window", "converge_window"):
+        with pytest.raises(spec.ConfigError) as e:
+            spec.from_dict({**ok, "early_stop": {key: 1}})
+        assert e.value.key == f"early_stop.{key}"
+    st = spec.from_dict({**ok, "early_stop": {"converge_window": 12}})
+    assert st.early_stop.converge_window == 12 and st.early_stop.window == R.EarlyStop().window
 
 
 def test_studies_validate():

@@ -6,7 +6,7 @@
       kind: grid                       # grid | optuna | boundary
       space: {elr: [1.0e-4, 1.0e-2, 1.0], seed: [0, 1]}
     resources: {cpu: 1, gpu: 0}
-    early_stop: {window: 4, min_epochs: 8}   # optional: stop trials whose regime is decided
+    early_stop: {window: 4, converge_window: 9, min_epochs: 8}   # optional: stop decided trials
 
 A boundary search (regimes/study/boundary.py) brackets the regime boundaries
 along one axis instead of gridding it:
@@ -56,7 +56,7 @@ TOP_KEYS = ("name", "description", "base", "search", "scheduler", "resources",
 GRID_KEYS = ("kind", "space", "metric", "mode")
 OPTUNA_KEYS = ("kind", "space", "metric", "mode", "sampler", "num_samples", "max_concurrent", "sampler_seed")
 BOUNDARY_KEYS = ("kind", "axis", "range", "resolution", "budget", "probes_per_round", "initial", "space")
-EARLY_STOP_KEYS = ("window", "min_epochs", "labels")
+EARLY_STOP_KEYS = ("window", "converge_window", "min_epochs", "labels")
 ASHA_KEYS = ("kind", "grace_period", "reduction_factor", "brackets")
 RESOURCE_KEYS = ("cpu", "gpu")
 MAX_GRID = 100_000            # trials; a bigger grid is almost surely a typo
@@ -446,7 +446,7 @@ def _boundary(search: Mapping, base: Mapping, space: Mapping) -> dict:
 
 
 def _early_stop(spec) -> EarlyStop | None:
-    """`early_stop: true` (defaults) or {window, min_epochs, labels}; absent/false = off."""
+    """`early_stop: true` (defaults) or {window, converge_window, min_epochs, labels}; absent/false = off."""
     if spec is None or spec is False:
         return None
     if spec is True:
@@ -464,6 +464,8 @@ def _early_stop(spec) -> EarlyStop | None:
         if lab not in allowed:
             raise ConfigError(f"early_stop.labels[{i}]", f"{lab!r} is not allowed; one of {', '.join(allowed)}")
     return EarlyStop(window=_int(spec.get("window", d.window), "early_stop.window", lo=2),
+                     converge_window=_int(spec.get("converge_window", d.converge_window),
+                                          "early_stop.converge_window", lo=2),
                      min_epochs=_int(spec.get("min_epochs", d.min_epochs), "early_stop.min_epochs", lo=1),
                      labels=tuple(dict.fromkeys(labels)))
 

@@ -145,8 +145,9 @@ def run_trial(config: dict, study: Study) -> None:
         return
 
     stop = study.early_stop
-    if stop is not None:      # decide only once the warm-up is over: the regime is that of the fixed rate
-        stop = dataclasses.replace(stop, min_epochs=max(stop.min_epochs, math.ceil(cfg.warmup_epochs) + stop.window))
+    if stop is not None and cfg.warmup_epochs > 0:  # decide on windows after the warm-up: the regime
+        warm = math.ceil(cfg.warmup_epochs) + max(stop.window, stop.converge_window)  # is the fixed rate's
+        stop = dataclasses.replace(stop, min_epochs=max(stop.min_epochs, warm))
     pending: list[dict] = []
     for rec in trainer.run():
         traj.add(rec)
