@@ -7,13 +7,17 @@ them) for the same number of epochs with augmentation on (random crop with
 paper plots (train-mode pass over the train set, test pass).
 
 - ours: `regimes.train` (data on the device, batched on-device augmentation,
-  device-side measures, one host sync per epoch, channels_last layout on CPU);
-  also run with memory_format=contiguous to show what the layout alone gives;
+  device-side measures, one host sync per epoch, channels_last layout and
+  retained freed memory on CPU); also run with cpu_memory=system, and with that
+  and memory_format=contiguous, to show what each CPU setting gives;
 - conventional: a torch DataLoader over a Dataset with per-sample torchvision
   transforms (PIL -> RandomCrop -> RandomHorizontalFlip -> ToTensor -> Normalize),
   then a separate metrics pass over train and test loaders, as the seed code does;
   the model in PyTorch's default (NCHW) layout.
   Run with num_workers 0 and 2; the faster one is the baseline.
+
+Every measure runs in a fresh process (cpu_memory=retain changes the process's
+malloc for good; the conventional loop runs with the C library's defaults).
 
 Then our per-step training time against a bare forward + backward + step on
 preloaded tensors (no augmentation, no measures, no projection), epochs of the
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -134,16 +140,66 @@ def bare_epoch(t: Trainer) -> float:
     return (time.perf_counter() - t0) / t.steps_per_epoch
 
 
-def step_times(cfg: TrainConfig, epochs: int) -> tuple[float, float]:
-    """(our training step, bare step) in seconds, medians over `epochs` epochs run
-    alternately (one of ours, one bare, ...), so that both see the same machine."""
+def step_times(cfg: TrainConfig, epochs: int) -> tuple[float, float, float]:
+    """(our training step, bare step, overhead) over `epochs` epochs run alternately (one of
+    ours, one bare, ...), so that both see the same machine: the steps are medians, the
+    overhead the median of the per-pair ratios ours / bare - 1 (drifts of the machine cancel)."""
     ours = Trainer(cfg.replace(epochs=epochs))
     bare = Trainer(cfg.replace(augment=False))
     ours_s, bare_s = [], []
     for rec in ours.run():
         ours_s.append(cfg.batch_size / rec["samples_per_s"])
         bare_s.append(bare_epoch(bare))
-    return float(np.median(ours_s)), float(np.median(bare_s))
+    ratio = np.array(ours_s) / np.array(bare_s)
+    return float(np.median(ours_s)), float(np.median(bare_s)), float(np.median(ratio) - 1)
+
+
+KINDS = {  # name: (label, our config changes; None = the conventional loop with that many workers)
+    "ours": ("ours (regimes.train, incl. per-epoch measures)", {}),
+    "system": ("ours with cpu_memory=system", {"cpu_memory": "system"}),
+    "plain": ("ours with cpu_memory=system, NCHW", {"cpu_memory": "system", "memory_format": "contiguous"}),
+    "conv0": ("conventional DataLoader, num_workers=0", 0),
+    "conv2": ("conventional DataLoader, num_workers=2", 2),
+}
+
+
+def base_config(args, data_root) -> TrainConfig:
+    return TrainConfig.from_dict(dict(dataset="cifar10", data_root=str(data_root), model="convnet_si",
+                                      width=args.width, epochs=args.epochs, batch_size=args.batch_size, elr=1e-3,
+                                      augment=True, device="cpu"))
+
+
+def measure(args) -> None:
+    """Child process: one measure, printed as a number. A fresh process per measure, because
+    cpu_memory=retain changes the process's malloc for good: the conventional loop must run
+    with the C library's defaults, as it would on its own."""
+    torch.set_num_threads(args.threads)
+    cfg = base_config(args, args.data_root)
+    if args.measure == "steps":
+        n_ep = 4 * args.repeat + 1
+        print(*step_times(cfg, n_ep), *step_times(cfg.replace(augment=False), n_ep))
+        return
+    _, change = KINDS[args.measure]
+    if isinstance(change, int):
+        plain = cfg.replace(cpu_memory="system", memory_format="contiguous")
+        run_ours(plain.replace(epochs=1))  # warm-up (first-call overheads), defaults kept
+        print(run_conventional(plain, read_cifar(Path(args.data_root)), change))
+    else:
+        run_ours(cfg.replace(epochs=1, **change))  # warm-up (allocator, first-call overheads)
+        print(run_ours(cfg.replace(**change)))
+
+
+def read_cifar(root: Path) -> tuple[np.ndarray, ...]:
+    folder = root / "cifar-10-batches-py"
+    xs, ys = [], []
+    for i in range(1, 6):
+        with open(folder / f"data_batch_{i}", "rb") as fh:
+            d = pickle.load(fh)
+        xs.append(d[b"data"])
+        ys += d[b"labels"]
+    with open(folder / "test_batch", "rb") as fh:
+        d = pickle.load(fh)
+    return np.concatenate(xs), np.array(ys), d[b"data"], np.array(d[b"labels"])
 
 
 def main():
@@ -154,46 +210,48 @@ def main():
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="interleaved repetitions; the best of each is kept")
+    ap.add_argument("--measure", choices=[*KINDS, "steps"], help=argparse.SUPPRESS)  # child process
+    ap.add_argument("--data-root", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.measure:
+        return measure(args)
+
+    def child(kind: str) -> list[float]:
+        out = subprocess.run([sys.executable, __file__, "--measure", kind, "--data-root", tmp,
+                              *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
+                                ("width", "n", "epochs", "batch_size", "threads", "repeat"))],
+                             check=True, capture_output=True, text=True)
+        return [float(v) for v in out.stdout.split()]
+
     with tempfile.TemporaryDirectory() as tmp:
-        arrays = write_fake_cifar(Path(tmp), args.n, 1000)
-        cfg = TrainConfig.from_dict(dict(dataset="cifar10", data_root=tmp, model="convnet_si", width=args.width,
-                                         epochs=args.epochs, batch_size=args.batch_size, elr=1e-3, augment=True,
-                                         device="cpu"))
-        run_ours(cfg.replace(epochs=1))  # warm-up (allocator, first-call overheads)
+        write_fake_cifar(Path(tmp), args.n, 1000)
         samples = args.epochs * (args.n // args.batch_size) * args.batch_size
         # Each measure `--repeat` times, interleaved, best (least disturbed) kept: on a shared
         # VM single timings of the same work vary by ~20%.
-        t = {k: [] for k in ("ours", "nchw", "conv0", "conv2")}
+        t = {k: [] for k in KINDS}
         for _ in range(args.repeat):
-            t["ours"].append(run_ours(cfg))
-            t["nchw"].append(run_ours(cfg.replace(memory_format="contiguous")))
-            for w in (0, 2):
-                t[f"conv{w}"].append(run_conventional(cfg, arrays, w))
+            for k in KINDS:
+                t[k] += child(k)
         best = {k: min(v) for k, v in t.items()}
-        ours_wall, nchw_wall = best["ours"], best["nchw"]
-        conv = {0: best["conv0"], 2: best["conv2"]}
-        best_w = min(conv, key=conv.get)
-        n_ep = 2 * args.repeat + 1
-        ours_step, bare_step = step_times(cfg, n_ep)
-        ours_step_noaug, bare_step_noaug = step_times(cfg.replace(augment=False), n_ep)
+        ours_step, bare_step, over, ours_step_noaug, bare_step_noaug, over_noaug = child("steps")
+    best_w = min((0, 2), key=lambda w: best[f"conv{w}"])
+    conv = best[f"conv{best_w}"]
     print(f"convnet_si width {args.width}, {args.n} CIFAR-shaped images, batch {args.batch_size}, "
           f"{args.epochs} epochs, augmentation on, {args.threads} threads, torch {torch.__version__}; "
-          f"best of {args.repeat} interleaved runs each")
-    print(f"{'loop':<44} {'samples/s':>10} {'wall s':>8}")
-    print(f"{'ours (regimes.train, incl. per-epoch measures)':<44} {samples / ours_wall:>10.0f} {ours_wall:>8.2f}")
-    print(f"{'ours with memory_format=contiguous (NCHW)':<44} {samples / nchw_wall:>10.0f} {nchw_wall:>8.2f}")
-    for w, s in conv.items():
-        print(f"{f'conventional DataLoader, num_workers={w}':<44} {samples / s:>10.0f} {s:>8.2f}")
-    print(f"throughput ratio ours / best conventional (workers={best_w}): {conv[best_w] / ours_wall:.2f}x  (target >= 2x)")
-    print(f"  of which the channels_last layout: {nchw_wall / ours_wall:.2f}x; the loop itself (NCHW vs NCHW): "
-          f"{conv[best_w] / nchw_wall:.2f}x")
+          f"best of {args.repeat} interleaved runs each, each in a fresh process")
+    print(f"{'loop':<48} {'samples/s':>10} {'median':>8} {'wall s':>8}")
+    for k, (label, _) in KINDS.items():
+        print(f"{label:<48} {samples / best[k]:>10.0f} {samples / np.median(t[k]):>8.0f} {best[k]:>8.2f}")
+    print(f"throughput ratio ours / best conventional (workers={best_w}): {conv / best['ours']:.2f}x  (target >= 2x)")
+    print(f"  of which: retained CPU memory {best['system'] / best['ours']:.2f}x; channels_last layout "
+          f"{best['plain'] / best['system']:.2f}x; the loop itself (both NCHW, malloc defaults) "
+          f"{conv / best['plain']:.2f}x")
+    n_ep = 4 * args.repeat + 1
     print(f"step time (medians over {n_ep} epochs, ours and bare alternating): ours {ours_step * 1e3:.2f} ms "
           f"(aug on) vs bare {bare_step * 1e3:.2f} ms; ours {ours_step_noaug * 1e3:.2f} ms (aug off) vs bare "
           f"{bare_step_noaug * 1e3:.2f} ms")
-    print(f"overhead vs bare fwd+bwd+step: {100 * (ours_step_noaug / bare_step_noaug - 1):+.1f}% without "
-          f"augmentation, {100 * (ours_step / bare_step - 1):+.1f}% with on-device augmentation  (target <= 15%)")
+    print(f"overhead vs bare fwd+bwd+step (median of per-epoch ratios): {100 * over_noaug:+.1f}% without "
+          f"augmentation, {100 * over:+.1f}% with on-device augmentation  (target <= 15%)")
 
 
 if __name__ == "__main__":

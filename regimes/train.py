@@ -28,7 +28,9 @@ loop never branches on the schedule.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
+import sys
 import time
 from typing import Callable, Iterator
 
@@ -69,6 +71,36 @@ def resolve_memory_format(name: str, device: torch.device) -> torch.memory_forma
     return torch.channels_last if name == "channels_last" else torch.contiguous_format
 
 
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_retained = False
+
+
+def retain_freed_memory() -> bool:
+    """Keep freed CPU memory in this process instead of handing it back to the OS.
+
+    glibc serves blocks above its mmap threshold with fresh mmap'd pages and unmaps
+    them on free, and trims the heap top; a training step allocates and frees the same
+    large activation tensors every step, so each step faults in (and the kernel zeroes)
+    tens of thousands of pages. Raising the mmap threshold to its maximum (32 MiB on
+    64-bit) and the trim threshold to 1 GiB makes those blocks heap blocks that are
+    reused. Process-wide and one-way (called once); True if glibc accepted it, False on
+    other C libraries or platforms (nothing changes there).
+    """
+    global _retained
+    if _retained:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _retained = bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    return _retained
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, dtype: torch.dtype = torch.float32):
         self.cfg = cfg
@@ -81,6 +113,8 @@ class Trainer:
         self.steps_per_epoch = n // cfg.batch_size  # the last partial batch is dropped (BN needs > 1 example)
         self.model = build_model(cfg, self.data.input_shape, self.data.num_classes).to(self.device, dtype)
         self.memory_format = resolve_memory_format(cfg.memory_format, self.device)
+        if self.device.type == "cpu" and cfg.cpu_memory == "retain":
+            retain_freed_memory()
         if len(self.data.input_shape) == 3:   # images: model and data in one layout (indexing and
             # augment keep a batch in its source's layout, so batches need no conversion)
             self.model.to(memory_format=self.memory_format)
@@ -299,12 +333,12 @@ class Trainer:
                 "techniques": self.techniques.state_dict()}
 
     def load_state_dict(self, sd: dict) -> None:
-        # Fields a checkpoint predates take their defaults; the memory layout may differ (it
-        # changes how tensors are stored, not the run).
+        # Fields a checkpoint predates take their defaults; the memory layout and the CPU
+        # allocator setting may differ (they change how tensors are stored, not the run).
         known = set(TrainConfig.field_names())
         theirs = {**TrainConfig().to_dict(), **{k: v for k, v in sd["config"].items() if k in known}}
         ours = self.cfg.to_dict()
-        diff = sorted(k for k in (set(theirs) | set(sd["config"])) - {"memory_format"}
+        diff = sorted(k for k in (set(theirs) | set(sd["config"])) - {"memory_format", "cpu_memory"}
                       if k not in known or theirs.get(k) != ours.get(k))
         if diff:
             raise ConfigError("checkpoint", f"was written by a different config (differs in: {', '.join(diff)})")

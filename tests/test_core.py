@@ -1,6 +1,10 @@
 """Training core: scale invariance, the sphere step, free mode, resume, determinism, divergence."""
+import ctypes
 import math
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -305,11 +309,46 @@ def test_checkpoint_from_before_a_new_config_field_resumes_and_a_real_difference
     t = Trainer(cfg)
     next(iter(t.run()))
     sd = t.state_dict()
-    old = dict(sd, config={k: v for k, v in sd["config"].items() if k != "memory_format"})   # older writer
-    r = Trainer(cfg.replace(memory_format="contiguous"))        # layout may differ on resume
+    old = dict(sd, config={k: v for k, v in sd["config"].items() if k not in ("memory_format", "cpu_memory")})
+    r = Trainer(cfg.replace(memory_format="contiguous", cpu_memory="system"))   # storage may differ on resume
     r.load_state_dict(old)
     assert r.epoch == 1
     with pytest.raises(ConfigError, match="differs in: elr"):
         Trainer(cfg.replace(elr=cfg.elr * 2)).load_state_dict(old)
     with pytest.raises(ConfigError, match="differs in: no_such_key"):
         Trainer(cfg).load_state_dict(dict(sd, config={**sd["config"], "no_such_key": 1}))
+
+
+# A fresh interpreter per case: cpu_memory=retain changes the process's malloc for good.
+MALLOC_PROBE = """
+import ctypes, sys, torch
+from regimes import TrainConfig, Trainer
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = Info
+Trainer(TrainConfig.from_dict(dict(dataset="synthetic", model="convnet_si", width=4, subset=64, batch_size=32,
+                                   epochs=1, device="cpu", cpu_memory=sys.argv[1])))
+before = mallinfo2().hblkhd
+x = torch.ones(5 << 20)          # 20 MiB: above glibc's default mmap threshold, below the retained one
+print(mallinfo2().hblkhd - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.environ.get("LD_PRELOAD"),
+                    reason="glibc malloc only")
+def test_cpu_memory_retain_serves_large_tensors_from_the_heap():
+    """With cpu_memory=retain a 20 MiB tensor is a reusable heap block; with the C library's
+    defaults (a fresh process) it is a fresh mmap, unmapped again on free."""
+    try:
+        ctypes.CDLL(None).mallinfo2
+    except AttributeError:
+        pytest.skip("glibc without mallinfo2")
+    mapped = {}
+    for mode in ("system", "retain"):
+        out = subprocess.run([sys.executable, "-c", MALLOC_PROBE, mode], capture_output=True, text=True,
+                             check=True)
+        mapped[mode] = int(out.stdout.split()[-1])
+    assert mapped["system"] >= 20 << 20, mapped
+    assert mapped["retain"] == 0, mapped
