@@ -49,7 +49,8 @@ SMOKE = {"width": 4, "epochs": 4, "subset": 256, "batch_size": 32}
 STUDIES = ("grid", "search", "search-es")
 
 
-def run(name: str, search: dict, base: dict, storage: str, early_stop: bool, analyse_only: bool = False):
+def run(name: str, search: dict, base: dict, storage: str, early_stop: bool, analyse_only: bool = False,
+        restart: bool = False):
     source = {"name": name, "base": base, "search": search, "resources": {"cpu": 1},
               "checkpoint_every": 1000}
     if early_stop:
@@ -57,7 +58,7 @@ def run(name: str, search: dict, base: dict, storage: str, early_stop: bool, ana
     study = spec.from_dict(source)
     t0 = time.time()
     if not analyse_only:
-        run_study(study, storage, verbose=0)
+        run_study(study, storage, verbose=0, restart=restart)
     wall = time.time() - t0 if not analyse_only else math.nan
     res = load_study(Path(storage) / name)
     labels = classify(res)
@@ -157,15 +158,19 @@ def main(argv=None) -> int:
     keep = set(STUDIES) if a.analyse_only else set(STUDIES) - set(a.train)
     if keep and not a.storage:
         p.error("--analyse-only or --train with fewer studies needs --storage")
+    fresh = set(a.train) if keep else set()   # re-trained beside kept studies: start over
     if keep != set(STUDIES):
         ray.init(address="local", num_cpus=a.cpus, include_dashboard=False, log_to_driver=False)
     try:
         grid_search = {"kind": "grid", "space": {"elr": grid_elrs, "seed": a.seeds}}
-        _, g, gl, gw = run("grid", grid_search, base, storage, False, "grid" in keep)
+        _, g, gl, gw = run("grid", grid_search, base, storage, False, "grid" in keep,
+                            "grid" in fresh)
         print(f"grid done in {gw:.0f} s", flush=True)
-        _, s, sl, sw = run("search", boundary, base, storage, False, "search" in keep)
+        _, s, sl, sw = run("search", boundary, base, storage, False, "search" in keep,
+                            "search" in fresh)
         print(f"search done in {sw:.0f} s", flush=True)
-        _, se, sel, sew = run("search-es", boundary, base, storage, True, "search-es" in keep)
+        _, se, sel, sew = run("search-es", boundary, base, storage, True, "search-es" in keep,
+                            "search-es" in fresh)
         print(f"search + early stop done in {sew:.0f} s", flush=True)
     finally:
         if keep != set(STUDIES):

@@ -220,7 +220,7 @@ def main():
         out = subprocess.run([sys.executable, __file__, "--measure", kind, "--data-root", tmp,
                               *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
                                 ("width", "n", "epochs", "batch_size", "threads", "repeat"))],
-                             check=True, capture_output=True, text=True)
+                             check=True, stdout=subprocess.PIPE, text=True)  # a failure shows its traceback
         return [float(v) for v in out.stdout.split()]
 
     with tempfile.TemporaryDirectory() as tmp:

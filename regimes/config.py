@@ -141,7 +141,7 @@ class TrainConfig:
                             "contiguous (NCHW) on CUDA. Runs are deterministic in either layout; the two "
                             "layouts differ at float rounding level", choices=MEMORY_FORMATS)
     cpu_memory: str = _f("retain", "CPU runs: 'retain' keeps freed tensor memory in the process (glibc "
-                         "malloc: blocks up to 32 MiB from the heap, no trimming) so every step's large "
+                         "malloc: blocks up to 32 MiB from the heap, trimmed only above 1 GiB free) so every step's large "
                          "activations reuse pages instead of faulting in fresh zeroed ones from the OS "
                          "(~20k page faults per step at width 16, batch 128); process-wide, memory is "
                          "kept at its peak like a GPU caching allocator. 'system' leaves malloc's "

@@ -330,11 +330,14 @@ def decided(history: Sequence[Classification], rules: RegimeRules = RegimeRules(
 class EarlyStop:
     """When a running trial's regime counts as decided, so the trial may stop.
 
-    A trial stops at epoch t only when all of these hold:
-    - t >= `min_epochs` and at least `window` epochs have a train-loss measure;
+    A trial stops at epoch t only when all of these hold, where the label's window
+    is its last `window` measured epochs (`converge_window` for convergence; epochs
+    with a train-loss measure, see train_eval_every; only epochs after `after_epoch`
+    count, e.g. after a warm-up):
+    - t >= `min_epochs` and the window is full;
     - the regime of the prefix (`classify` of epochs 1..t) is one of `labels`,
-      and the prefixes ending at each of the last `window` measured epochs got
-      that same label (the label is not flickering);
+      and the prefixes ending at each epoch of the window got that same label
+      (the label is not flickering);
     - the label's own evidence holds across that window:
         divergence   loss >= diverge_stop_loss * ln C at each epoch, accuracy <= chance +
                      chance_margin on average and below chance + above_chance_margin at
@@ -360,24 +363,30 @@ class EarlyStop:
     """
 
     window: int = 4                   # measured epochs the evidence must hold
-    converge_window: int = 9          # ...for convergence (see above: metastable near the boundary)
+    # ...for convergence (see above: metastable near the boundary); None = max(window, 9)
+    converge_window: int | None = None
     min_epochs: int = 8               # never stop before this epoch
     labels: tuple = (CONVERGENCE, DIVERGENCE)
     diverge_stop_loss: float = 1.5    # x ln C: divergence stops a trial only this far above ln C
 
+    @property
+    def convergence_window(self) -> int:
+        return max(self.window, 9) if self.converge_window is None else self.converge_window
+
     def to_dict(self) -> dict[str, Any]:
-        return {"window": self.window, "converge_window": self.converge_window,
+        return {"window": self.window, "converge_window": self.convergence_window,
                 "min_epochs": self.min_epochs, "labels": list(self.labels),
                 "diverge_stop_loss": self.diverge_stop_loss}
 
 
 def stop_decision(train_loss, train_acc, eff_grad_norm, num_classes: int, *, diverged: bool = False,
                   epochs=None, rules: RegimeRules = RegimeRules(),
-                  stop: EarlyStop = EarlyStop()) -> Classification | None:
+                  stop: EarlyStop = EarlyStop(), after_epoch: float = 0) -> Classification | None:
     """The classification a trial may stop with after its last epoch, or None (keep training).
 
     Same inputs as `classify` (the trajectory so far, oldest first); see
-    `EarlyStop` for the conditions. Pure numpy, so it can be replayed on
+    `EarlyStop` for the conditions. Only measured epochs > `after_epoch` fill the
+    windows (the trainable passes the warm-up's length). Pure numpy, so it can be replayed on
     recorded trajectories: a stopped prefix must get the label the full
     trajectory would have got.
     """
@@ -393,8 +402,8 @@ def stop_decision(train_loss, train_acc, eff_grad_norm, num_classes: int, *, div
     if n == 0 or t[-1] < stop.min_epochs or now.label not in stop.labels:
         return None
     measured = np.isfinite(loss) if acc is None else np.isfinite(loss) & np.isfinite(acc)
-    idx = np.flatnonzero(measured)
-    size = stop.converge_window if now.label == CONVERGENCE else stop.window
+    idx = np.flatnonzero(measured & (t > after_epoch))
+    size = stop.convergence_window if now.label == CONVERGENCE else stop.window
     if idx.size < max(size, rules.min_window):
         return None
     win = idx[-size:]

@@ -126,7 +126,7 @@ def test_window_must_hold_pointwise():
     bumped = {key: np.array(v, float) for key, v in traj.items()}
     bumped["train_loss"][k - 2] = 0.05
     got = first_stop(bumped)
-    assert got is None or got[0] >= k - 2 + R.EarlyStop().converge_window
+    assert got is None or got[0] >= k - 2 + R.EarlyStop().convergence_window
 
 
 # The core on digits (convnet_si width 8, batch 16, sphere, ELR 3.85e-3, seed 0), epochs 1..20 as
@@ -139,6 +139,24 @@ METASTABLE = {
                   1.0, 1.0, 1.0, 0.993, 0.9826, 0.9944, 0.9833, 0.9993, 0.9979, 0.9965],
     "eff_grad_norm": [25.6, 11.4, 14.0, 9.67, 8.41, 3.59, 1.96, 1.07, 0.323, 0.244,
                       0.493, 0.222, 0.177, 2.82, 9.02, 9.13, 5.04, 5.06, 5.84, 2.46]}
+
+
+def test_windows_start_after_the_warm_up():
+    """A random guesser is decided 4 measured epochs after `after_epoch`, not before; with the
+    full-train pass every 2nd epoch the window spans 8 epochs."""
+    traj = synthetic("diverge", seed=2)
+    loss, acc, grad = traj["train_loss"], traj["train_acc"], traj["eff_grad_norm"]
+
+    def first(after, every=1):
+        l, a = loss.copy(), acc.copy()
+        skip = (np.arange(1, l.size + 1) % every) != 0
+        l[skip], a[skip] = np.nan, np.nan
+        for k in range(1, l.size):
+            if R.stop_decision(l[:k], a[:k], grad[:k], C, stop=R.EarlyStop(min_epochs=1), after_epoch=after):
+                return k
+    base = first(0)
+    assert first(10) >= 14 > base
+    assert first(10, every=2) >= 18
 
 
 def test_a_metastable_minimum_is_not_stopped_as_converged():
@@ -156,8 +174,18 @@ def test_divergence_tolerates_accuracy_jitter_but_not_learning():
     traj["train_acc"] = np.where(np.arange(traj["train_acc"].size) % 3 == 0, 0.19, 0.09)
     got = first_stop(traj)
     assert got is not None and got[1] == R.DIVERGENCE == full_label(traj)
-    learning = dict(traj, train_acc=np.full(traj["train_acc"].size, 0.17))   # mean > chance + 0.05
-    assert first_stop(learning) is None
+    # at chance for 32 epochs, then learning slowly: 0.19 on every other epoch, then on every
+    # epoch. The classifier's longer window still averages near chance (divergence), but the
+    # last 4 epochs average 0.19 > chance + chance_margin: not stopped there
+    n = 37
+    acc = np.full(n, 0.1)
+    acc[32:] = 0.19                      # the classifier's window (10 epochs) averages 0.145
+    loss, grad = traj["train_loss"][:n].copy(), traj["eff_grad_norm"][:n]
+    loss[-4:] = 5.5                      # flat: only the accuracy decides below
+    assert R.classify(loss, acc, grad, C).label == R.DIVERGENCE
+    assert R.stop_decision(loss, acc, grad, C, stop=R.EarlyStop(min_epochs=n)) is None
+    acc[-4:] = 0.1                       # the same net a few epochs earlier: decided
+    assert R.stop_decision(loss, acc, grad, C, stop=R.EarlyStop(min_epochs=n)) is not None
     # every 4th epoch clearly above chance (0.25 >= chance + above_chance_margin): the window
     # averages stay near chance, so the classifier says divergence, but no 4-epoch window is clean
     spiking = dict(traj, train_acc=np.where(np.arange(traj["train_acc"].size) % 4 == 0, 0.25, 0.07))

@@ -172,8 +172,14 @@ def test_spec_validation_names_the_key():
         with pytest.raises(spec.ConfigError) as e:
             spec.from_dict({**ok, "early_stop": {key: 1}})
         assert e.value.key == f"early_stop.{key}"
+    with pytest.raises(spec.ConfigError, match="shorter than window") as e:
+        spec.from_dict({**ok, "early_stop": {"window": 6, "converge_window": 5}})
+    assert e.value.key == "early_stop.converge_window"
     st = spec.from_dict({**ok, "early_stop": {"converge_window": 12}})
-    assert st.early_stop.converge_window == 12 and st.early_stop.window == R.EarlyStop().window
+    assert st.early_stop.convergence_window == 12 and st.early_stop.window == R.EarlyStop().window
+    # without converge_window, convergence never waits less than window
+    assert spec.from_dict({**ok, "early_stop": {"window": 20}}).early_stop.convergence_window == 20
+    assert spec.from_dict({**ok, "early_stop": True}).early_stop.convergence_window == 9
 
 
 def test_studies_validate():

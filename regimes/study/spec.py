@@ -452,8 +452,8 @@ def _early_stop(spec) -> EarlyStop | None:
     if spec is True:
         return EarlyStop()
     if not isinstance(spec, Mapping):
-        raise ConfigError("early_stop", f"expected true or {{window: .., min_epochs: .., labels: [..]}}, "
-                          f"got {spec!r}")
+        raise ConfigError("early_stop", f"expected true or {{window: .., converge_window: .., min_epochs: .., "
+                          f"labels: [..]}}, got {spec!r}")
     _no_unknown(spec, EARLY_STOP_KEYS, "early_stop")
     d = EarlyStop()
     allowed = (CONVERGENCE, DIVERGENCE, CHAOTIC)
@@ -463,9 +463,14 @@ def _early_stop(spec) -> EarlyStop | None:
     for i, lab in enumerate(labels):
         if lab not in allowed:
             raise ConfigError(f"early_stop.labels[{i}]", f"{lab!r} is not allowed; one of {', '.join(allowed)}")
-    return EarlyStop(window=_int(spec.get("window", d.window), "early_stop.window", lo=2),
-                     converge_window=_int(spec.get("converge_window", d.converge_window),
-                                          "early_stop.converge_window", lo=2),
+    window = _int(spec.get("window", d.window), "early_stop.window", lo=2)
+    converge_window = None   # default: max(window, 9)
+    if spec.get("converge_window") is not None:
+        converge_window = _int(spec["converge_window"], "early_stop.converge_window", lo=2)
+        if converge_window < window:
+            raise ConfigError("early_stop.converge_window", f"{converge_window} is shorter than window ({window}); "
+                              f"allowed: >= window (a convergence stop needs at least as much evidence)")
+    return EarlyStop(window=window, converge_window=converge_window,
                      min_epochs=_int(spec.get("min_epochs", d.min_epochs), "early_stop.min_epochs", lo=1),
                      labels=tuple(dict.fromkeys(labels)))
 

@@ -23,7 +23,6 @@ sink marks it `stopped_decided`.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -92,9 +91,9 @@ class Trajectory:
         args, kw = self._args()
         return R.classify(*args, **kw).label
 
-    def decision(self, stop: R.EarlyStop) -> str | None:
+    def decision(self, stop: R.EarlyStop, after_epoch: float = 0) -> str | None:
         args, kw = self._args()
-        c = R.stop_decision(*args, **kw, stop=stop)
+        c = R.stop_decision(*args, **kw, stop=stop, after_epoch=after_epoch)
         return None if c is None else c.label
 
 
@@ -145,9 +144,6 @@ def run_trial(config: dict, study: Study) -> None:
         return
 
     stop = study.early_stop
-    if stop is not None and cfg.warmup_epochs > 0:  # decide on windows after the warm-up: the regime
-        warm = math.ceil(cfg.warmup_epochs) + max(stop.window, stop.converge_window)  # is the fixed rate's
-        stop = dataclasses.replace(stop, min_epochs=max(stop.min_epochs, warm))
     pending: list[dict] = []
     for rec in trainer.run():
         traj.add(rec)
@@ -155,7 +151,8 @@ def run_trial(config: dict, study: Study) -> None:
         last = rec["diverged"] or epoch >= cfg.epochs
         if stop is not None:
             rec = {**rec, DECIDED_KEY: None}       # same columns in every epoch row
-            decided = None if last else traj.decision(stop)
+            # the windows start after the warm-up: the regime is that of the fixed rate
+            decided = None if last else traj.decision(stop, after_epoch=math.ceil(cfg.warmup_epochs))
             if decided is not None:
                 rec[DECIDED_KEY], last = decided, True
         pending.append(rec)
