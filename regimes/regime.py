@@ -51,7 +51,10 @@ class RegimeRules:
     """
 
     window_frac: float = 0.25        # fraction of measured epochs in the final window
-    min_window: int = 3              # points; fewer measured epochs -> unresolved
+    # points; fewer measured epochs -> unresolved. 4 so that every trend gets its t-test (below
+    # 4 points there is none, and a 15% wobble of a random guesser's 4-7 nat loss would count
+    # as a trend: its label flickered to unresolved epoch to epoch)
+    min_window: int = 4
     # convergence: loss "at 0" (absolute, nats). A digits/CIFAR net that
     # converges reaches 1e-3..1e-4; a chaotic equilibrium sits at >= ~0.05.
     converge_loss: float = 0.01
