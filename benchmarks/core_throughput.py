@@ -42,24 +42,26 @@ import torch.nn.functional as F
 from regimes import TrainConfig, Trainer
 
 
-def write_fake_cifar(root: Path, n_train: int, n_test: int) -> tuple[np.ndarray, ...]:
+def fake_cifar(n_train: int, n_test: int) -> tuple[np.ndarray, ...]:
+    """Random uint8 CIFAR-shaped images and labels (train x, y, test x, y); the same every call."""
     rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(n_train // 5 * 5, 3072), dtype=np.uint8)
+    y = rng.integers(0, 10, size=len(x))
+    xt = rng.integers(0, 256, size=(n_test, 3072), dtype=np.uint8)
+    yt = rng.integers(0, 10, size=n_test)
+    return x, y, xt, yt
+
+
+def write_fake_cifar(root: Path, n_train: int, n_test: int) -> None:
+    """`fake_cifar` in torchvision's on-disk format (5 train batches, 1 test batch)."""
+    x, y, xt, yt = fake_cifar(n_train, n_test)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
-    per = n_train // 5
-    xs, ys = [], []
-    for i in range(1, 6):
-        x = rng.integers(0, 256, size=(per, 3072), dtype=np.uint8)
-        y = rng.integers(0, 10, size=per).tolist()
+    for i, (xb, yb) in enumerate(zip(np.split(x, 5), np.split(y, 5)), start=1):
         with open(folder / f"data_batch_{i}", "wb") as fh:
-            pickle.dump({b"data": x, b"labels": y}, fh)
-        xs.append(x)
-        ys += y
-    xt = rng.integers(0, 256, size=(n_test, 3072), dtype=np.uint8)
-    yt = rng.integers(0, 10, size=n_test).tolist()
+            pickle.dump({b"data": xb, b"labels": yb.tolist()}, fh)
     with open(folder / "test_batch", "wb") as fh:
-        pickle.dump({b"data": xt, b"labels": yt}, fh)
-    return np.concatenate(xs), np.array(ys), xt, np.array(yt)
+        pickle.dump({b"data": xt, b"labels": yt.tolist()}, fh)
 
 
 def run_ours(cfg: TrainConfig) -> float:
@@ -154,13 +156,18 @@ def step_times(cfg: TrainConfig, epochs: int) -> tuple[float, float, float]:
     return float(np.median(ours_s)), float(np.median(bare_s)), float(np.median(ratio) - 1)
 
 
-KINDS = {  # name: (label, our config changes; None = the conventional loop with that many workers)
+KINDS = {  # name: (label, our config changes, or an int: the conventional loop with that many workers)
     "ours": ("ours (regimes.train, incl. per-epoch measures)", {}),
     "system": ("ours with cpu_memory=system", {"cpu_memory": "system"}),
     "plain": ("ours with cpu_memory=system, NCHW", {"cpu_memory": "system", "memory_format": "contiguous"}),
     "conv0": ("conventional DataLoader, num_workers=0", 0),
     "conv2": ("conventional DataLoader, num_workers=2", 2),
 }
+
+
+def step_epochs(args) -> int:
+    """Alternating epochs of ours and bare for the step-time medians."""
+    return 4 * args.repeat + 1
 
 
 def base_config(args, data_root) -> TrainConfig:
@@ -176,30 +183,17 @@ def measure(args) -> None:
     torch.set_num_threads(args.threads)
     cfg = base_config(args, args.data_root)
     if args.measure == "steps":
-        n_ep = 4 * args.repeat + 1
+        n_ep = step_epochs(args)
         print(*step_times(cfg, n_ep), *step_times(cfg.replace(augment=False), n_ep))
         return
     _, change = KINDS[args.measure]
     if isinstance(change, int):
         plain = cfg.replace(cpu_memory="system", memory_format="contiguous")
         run_ours(plain.replace(epochs=1))  # warm-up (first-call overheads), defaults kept
-        print(run_conventional(plain, read_cifar(Path(args.data_root)), change))
+        print(run_conventional(plain, fake_cifar(args.n, 1000), change))
     else:
         run_ours(cfg.replace(epochs=1, **change))  # warm-up (allocator, first-call overheads)
         print(run_ours(cfg.replace(**change)))
-
-
-def read_cifar(root: Path) -> tuple[np.ndarray, ...]:
-    folder = root / "cifar-10-batches-py"
-    xs, ys = [], []
-    for i in range(1, 6):
-        with open(folder / f"data_batch_{i}", "rb") as fh:
-            d = pickle.load(fh)
-        xs.append(d[b"data"])
-        ys += d[b"labels"]
-    with open(folder / "test_batch", "rb") as fh:
-        d = pickle.load(fh)
-    return np.concatenate(xs), np.array(ys), d[b"data"], np.array(d[b"labels"])
 
 
 def main():
@@ -246,7 +240,7 @@ def main():
     print(f"  of which: retained CPU memory {best['system'] / best['ours']:.2f}x; channels_last layout "
           f"{best['plain'] / best['system']:.2f}x; the loop itself (both NCHW, malloc defaults) "
           f"{conv / best['plain']:.2f}x")
-    n_ep = 4 * args.repeat + 1
+    n_ep = step_epochs(args)
     print(f"step time (medians over {n_ep} epochs, ours and bare alternating): ours {ours_step * 1e3:.2f} ms "
           f"(aug on) vs bare {bare_step * 1e3:.2f} ms; ours {ours_step_noaug * 1e3:.2f} ms (aug off) vs bare "
           f"{bare_step_noaug * 1e3:.2f} ms")

@@ -329,6 +329,10 @@ def decided(history: Sequence[Classification], rules: RegimeRules = RegimeRules(
 
 # --------------------------------------------------------------------------
 # regime-aware early stopping
+# Default convergence window of early stopping (measured epochs at loss ~0; see EarlyStop).
+CONVERGE_WINDOW = 9
+
+
 @dataclass(frozen=True)
 class EarlyStop:
     """When a running trial's regime counts as decided, so the trial may stop.
@@ -366,7 +370,7 @@ class EarlyStop:
     """
 
     window: int = 4                   # measured epochs the evidence must hold
-    # ...for convergence (see above: metastable near the boundary); None = max(window, 9)
+    # ...for convergence (see above: metastable near the boundary); None = max(window, CONVERGE_WINDOW)
     converge_window: int | None = None
     min_epochs: int = 8               # never stop before this epoch
     labels: tuple = (CONVERGENCE, DIVERGENCE)
@@ -374,7 +378,7 @@ class EarlyStop:
 
     @property
     def convergence_window(self) -> int:
-        return max(self.window, 9) if self.converge_window is None else self.converge_window
+        return max(self.window, CONVERGE_WINDOW) if self.converge_window is None else self.converge_window
 
     def to_dict(self) -> dict[str, Any]:
         return {"window": self.window, "converge_window": self.convergence_window,

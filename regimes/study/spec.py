@@ -464,7 +464,7 @@ def _early_stop(spec) -> EarlyStop | None:
         if lab not in allowed:
             raise ConfigError(f"early_stop.labels[{i}]", f"{lab!r} is not allowed; one of {', '.join(allowed)}")
     window = _int(spec.get("window", d.window), "early_stop.window", lo=2)
-    converge_window = None   # default: max(window, 9)
+    converge_window = None   # default: EarlyStop's max(window, CONVERGE_WINDOW)
     if spec.get("converge_window") is not None:
         converge_window = _int(spec["converge_window"], "early_stop.converge_window", lo=2)
         if converge_window < window:
