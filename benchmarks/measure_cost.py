@@ -20,9 +20,9 @@ import time
 import torch
 
 from regimes import TrainConfig, Trainer
-from regimes import curvature
-from regimes.optim.late_phase import LatePhase
-from regimes.optim.swa import SWA
+from regimes.techniques import curvature
+from regimes.techniques.late_phase import LatePhase
+from regimes.techniques.swa import SWA
 
 
 def _best(fn, repeats: int) -> float:
@@ -37,7 +37,7 @@ def _best(fn, repeats: int) -> float:
 def epoch_time(cfg: TrainConfig, repeats: int) -> float:
     """Seconds for one epoch of training steps (measures excluded), best of `repeats`."""
     tr = Trainer(cfg.replace(epochs=repeats + 1))
-    tr._epoch_measures.clear()
+    tr._measures.clear()
     tr._measure = lambda *a, **k: {"diverged": False}  # time the steps only
     times, it = [], tr.run()
     for _ in range(repeats + 1):

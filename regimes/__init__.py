@@ -4,9 +4,22 @@ Core (no Ray needed):
     from regimes import TrainConfig, train
     for rec in train(TrainConfig(dataset="digits", elr=1e-2, epochs=30)):
         ...
+
+The names are imported on first use, so `import regimes.core.config` (the CLI's
+help, a spec check) does not pay for importing torch.
 """
-from .config import ConfigError, TrainConfig
-from .train import Trainer, train
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "TrainConfig", "Trainer", "train", "__version__"]
+
+_PUBLIC = {"ConfigError": "regimes.errors", "TrainConfig": "regimes.core.config",
+           "Trainer": "regimes.run", "train": "regimes.run"}
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'regimes' has no attribute {name!r}")

@@ -7,11 +7,13 @@ anything is written.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import sys
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig, describe_fields
+from .core.config import TrainConfig, describe_fields   # torch-free: help stays fast
+from .errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_main)
 
-    _add_layer_commands(sub)
+    _add_layer_commands(sub, argv if argv is not None else sys.argv[1:])
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
@@ -41,38 +43,34 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _add_layer_commands(sub):
-    """The study (Ray) and analysis layers add their subcommands; imported lazily so that
-    `regimes train` never pays for importing Ray."""
-    def lazy(module: str, adder: str, runner: str):
-        def run(args):
-            import importlib
+# subcommand -> (help, module, function adding its arguments, function running it)
+LAYER_COMMANDS = {
+    "sweep": ("run a study spec on Ray Tune", "regimes.study.launch", "add_sweep_arguments", "sweep_main"),
+    "validate": ("check a study spec without starting anything", "regimes.study.launch",
+                 "add_validate_arguments", "validate_main"),
+    "report": ("classify regimes and draw phase diagrams of a results folder", "regimes.analysis.report",
+               "add_arguments", "main"),
+}
 
-            return getattr(importlib.import_module(module), runner)(args)
 
-        def add(p):
-            import importlib
-
-            try:
-                getattr(importlib.import_module(module), adder)(p)
-            except (ImportError, AttributeError):
-                p.add_argument("rest", nargs=argparse.REMAINDER)
-            p.set_defaults(func=run)
-        return add
-
-    specs = [("sweep", "run a study spec on Ray Tune", "regimes.study.launch", "add_sweep_arguments", "sweep_main"),
-             ("validate", "check a study spec without starting anything", "regimes.study.launch",
-              "add_validate_arguments", "validate_main"),
-             ("report", "classify regimes and draw phase diagrams of a results folder", "regimes.analysis.report",
-              "add_arguments", "main")]
-    for name, help_, module, adder, runner in specs:
-        lazy(module, adder, runner)(sub.add_parser(name, help=help_))
+def _add_layer_commands(sub, argv: list[str]) -> None:
+    """The study (Ray) and analysis layers add their subcommands. Only the module of the
+    subcommand being run is imported (`regimes train` never pays for Ray or seaborn, and
+    `regimes --help` for neither)."""
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (help_, module, adder, runner) in LAYER_COMMANDS.items():
+        p = sub.add_parser(name, help=help_)
+        if name != chosen:
+            continue
+        mod = importlib.import_module(module)
+        getattr(mod, adder)(p)
+        p.set_defaults(func=getattr(mod, runner))
 
 
 # --- train -------------------------------------------------------------------
 def _train_main(args) -> int:
     from . import results
-    from .train import Trainer
+    from .run import Trainer
 
     overrides = list(args.overrides)
     out = args.out

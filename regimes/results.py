@@ -28,7 +28,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import TrainConfig
+from .core.config import TrainConfig
 
 SCHEMA_VERSION = 1
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from regimes import regime as R
-from regimes.config import TrainConfig
+from regimes.core.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 C = 10
@@ -198,7 +198,7 @@ def test_list_valued_config_columns_do_not_break_axis_discovery(tmp_path):
 
 def test_bad_paths_raise_config_error(tmp_path):
     from regimes.analysis import load_study
-    from regimes.config import ConfigError
+    from regimes.errors import ConfigError
 
     with pytest.raises(ConfigError) as e:
         load_study(tmp_path / "nope")

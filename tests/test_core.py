@@ -11,10 +11,13 @@ import pytest
 import torch
 
 from regimes import TrainConfig, Trainer, train
-from regimes.config import ConfigError
-from regimes.data import augment, load_data
-from regimes.models import build_model
-from regimes.params import Role, find_roles
+from regimes.errors import ConfigError
+from regimes.core.data import augment, load_data
+from regimes.core.models import build_model
+from regimes.core.hooks import Overrides, Technique
+from regimes.core.params import Role, find_roles
+from regimes.core.trainer import Trainer as CoreTrainer
+from regimes.techniques.lcnn import layers as lcnn_layers
 
 TINY = dict(dataset="digits", width=4, batch_size=64, epochs=2, augment=False)
 
@@ -98,15 +101,33 @@ def test_roles_of_si_and_plain_models():
 
 def test_sphere_step_keeps_norm_and_turns_by_elr_times_eff_grad():
     cfg = TrainConfig.from_dict({**TINY, "epochs": 1, "elr": 0.05, "model": "convnet_si"})
-    t = Trainer(cfg, dtype=torch.float64)
-    snaps = [[p.detach().clone() for p in t.si_params]]
-    grads = []
+    snaps, grads = [], []
 
-    def record():
-        grads.append([p.grad.detach().clone() for p in t.si_params])
-        snaps.append([p.detach().clone() for p in t.si_params])
+    class Recorder(Technique):
+        """Weights before every step and after the last (after its projection); gradients."""
+        name = "recorder"
 
-    t._after_step.append(record)
+        @classmethod
+        def enabled(cls, cfg):
+            return True
+
+        def _snap(self):
+            snaps.append([p.detach().clone() for p in self.run.si_params])
+
+        def _zero_grad(self):
+            self._snap()
+            self.run.optimizer.zero_grad(set_to_none=True)
+
+        def overrides(self):
+            return Overrides(zero_grad=self._zero_grad)
+
+        def after_step(self, step):
+            grads.append([p.grad.detach().clone() for p in self.run.si_params])
+
+        def epoch_end(self, epoch):
+            self._snap()
+
+    t = CoreTrainer(cfg, dtype=torch.float64, techniques=[Recorder])
     next(t.run())
     flat = lambda ts: torch.cat([v.flatten() for v in ts])  # noqa: E731
     assert len(grads) == t.steps_per_epoch
@@ -282,7 +303,7 @@ def test_convnet_pools_before_activating_which_is_the_paper_function(model):
     import copy
 
     cfg = TrainConfig.from_dict(dict(TINY, dataset="synthetic", model=model, width=4, depth=4, device="cpu"))
-    net = build_model(cfg, (3, 16, 16), 10).double()
+    net = build_model(cfg, (3, 16, 16), 10, lcnn_layers(cfg) if model.endswith("_lcnn") else None).double()
     ref = copy.deepcopy(net)
     layers, out, i = list(ref.features), [], 0
     while i < len(layers):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimes.curvature import hess_trace, input_curvature, sharpness
+from regimes.techniques.curvature import hess_trace, input_curvature, sharpness
 
 torch.set_num_threads(1)
 

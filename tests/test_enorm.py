@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimes.optim.enorm import ENorm, find_pairs
+from regimes.techniques.enorm import ENorm, find_pairs
 
 torch.set_num_threads(1)
 

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimes.optim.late_phase import LatePhase
-from regimes.optim.swa import SWA, recompute_bn
+from regimes.techniques.late_phase import LatePhase
+from regimes.techniques.swa import SWA, recompute_bn
 
 torch.set_num_threads(1)
 

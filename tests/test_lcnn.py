@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimes.models.lcnn import CenteredSoftplus, LipschitzBatchNorm2d, SpectralConv2d
+from regimes.techniques.lcnn_layers import CenteredSoftplus, LipschitzBatchNorm2d, SpectralConv2d
 
 torch.set_num_threads(1)
 

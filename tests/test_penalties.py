@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimes.models.lcnn import CenteredSoftplus
-from regimes.penalties import LCNNPenalty, make_objective, plain_objective
+from regimes.techniques.lcnn_layers import CenteredSoftplus
+from regimes.techniques.lcnn import LCNNPenalty, make_objective, plain_objective
 
 torch.set_num_threads(1)
 

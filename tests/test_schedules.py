@@ -4,8 +4,8 @@ import math
 import pytest
 
 from regimes import TrainConfig, train
-from regimes.config import ConfigError
-from regimes.optim.schedules import schedule_values
+from regimes.errors import ConfigError
+from regimes.core.schedules import schedule_values
 
 T, SPE = 200, 10  # steps, steps per epoch
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from regimes.config import ConfigError
+from regimes.errors import ConfigError
 from regimes.study import spec
 from regimes.study.storage import StudyStore
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from regimes import TrainConfig, Trainer
-from regimes.config import ConfigError
-from regimes.params import Role
+from regimes.errors import ConfigError
+from regimes.core.params import Role
 
 torch.set_num_threads(2)
 

@@ -24,7 +24,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .. import regime as R
-from ..config import ConfigError, TrainConfig
+from ..errors import ConfigError
+from ..core.config import TrainConfig
 
 SEED = "seed"
 # Config fields that never make a scientific axis even if they differ.

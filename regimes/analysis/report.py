@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 from pathlib import Path
 
@@ -25,9 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import regime as R
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..results import atomic_write
 from . import schedules as S
+from .markdown import md_table
 from .load import Study, boundaries, classify, load_study, majority_table
 
 FORMATS = ("png", "svg")
@@ -212,22 +212,6 @@ def add_regimes_to_trials(path: Path, labels: pd.DataFrame) -> bool:
 
 
 # ---------------------------------------------------------------------------
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.3g}"
-    return str(v)
-
-
-def _md_table(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "_none_\n"
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in df.itertuples(index=False, name=None):
-        lines.append("| " + " | ".join(_fmt(v).replace("|", "/") for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def regime_table(study: Study, labels: pd.DataFrame, x: str | None) -> pd.DataFrame:
     axes = [a for a in study.axes if a in labels]
     if not axes:
@@ -282,7 +266,7 @@ def _markdown(study, labels, bounds, x, figures, notes, rules, out: Path, schedu
                "them (ties: the middle of the tied cuts), and `misordered` counts the contradicting "
                "labels over seeds. `value` is the geometric mean over seeds, `lo`/`hi` the range, "
                "`log10_spread` the standard deviation of log10 over seeds.", ""]
-    md.append(_md_table(boundary_table(bounds)))
+    md.append(md_table(boundary_table(bounds)))
     for kind, title, text in (
             ("phase", "Phase diagrams", "Cell colour: majority regime over seeds; hatched cells with "
              "`k/n`: seeds disagree; number: mean final test accuracy; black lines: boundaries along the "
@@ -295,7 +279,7 @@ def _markdown(study, labels, bounds, x, figures, notes, rules, out: Path, schedu
             md += [f"## {title}", "", text, ""]
             md += [f"![{p.stem}]({rel(p)})" for p in figures[kind]]
             md.append("")
-    md += ["## Regime per setting", "", _md_table(regime_table(study, labels, x))]
+    md += ["## Regime per setting", "", md_table(regime_table(study, labels, x))]
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     md += ["## Rules used", "", "```", *(f"{k} = {v}" for k, v in rules.to_dict().items()), "```", "",

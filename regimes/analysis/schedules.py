@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..config import TrainConfig
+from ..core.config import TrainConfig
 from .load import DATASET_CLASSES, NOT_AXES, SEED, Study
+from .markdown import md_table
 
 # Sphere-mode names; in free mode the schedule drives lr -> lr_final (regimes/optim/schedules.py).
 SHAPE_KEYS = {
@@ -334,7 +335,6 @@ def markdown(c: Comparison, baselines, figures, out) -> list[str]:
     """The report.md section of a schedule search."""
     import os
 
-    from .report import _md_table
 
     md = ["## Schedule search", "",
           "Objective: final test accuracy. Trials are grouped by the parameters their schedule shape uses "
@@ -346,7 +346,7 @@ def markdown(c: Comparison, baselines, figures, out) -> list[str]:
         md += ["Not ranked: " + ", ".join(f"{n} {s}" for s, n in sorted(c.left_out.items()))
                + " (ASHA-cut, errored or unfinished trials stopped before their last epoch).", ""]
     md += [f"- {line}" for line in summary_lines(c)] + [""]
-    md.append(_md_table(table(c)))
+    md.append(md_table(table(c)))
     for p in figures:
         md.append(f"![{p.stem}]({os.path.relpath(p, out)})")
     if figures:

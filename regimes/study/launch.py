@@ -18,7 +18,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from regimes.config import ConfigError
+from regimes.errors import ConfigError
 
 from . import spec as spec_mod
 from .spec import Study

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from ray import tune
 
 from regimes import results
-from regimes.config import TrainConfig
+from regimes.core.config import TrainConfig
 
 from .spec import Study
 from .storage import StudyStore

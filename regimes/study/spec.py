@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from regimes.config import ConfigError, TrainConfig
+from regimes.core.config import TrainConfig, field_kind
+from regimes.errors import ConfigError
 from regimes.regime import CHAOTIC, CONVERGENCE, DIVERGENCE, EarlyStop
 
 KINDS = ("grid", "optuna", "boundary")
@@ -314,11 +315,6 @@ def _int(v, key: str, lo: int | None = None) -> int:
     return v
 
 
-def _field_type(key: str):
-    t = TrainConfig.__dataclass_fields__[key].type
-    return {"str": str, "int": int, "float": float, "bool": bool}.get(t, t) if isinstance(t, str) else t
-
-
 def _grid_axis(key: str, values) -> tuple:
     path = f"search.space.{key}"
     if isinstance(values, Mapping):
@@ -348,7 +344,7 @@ def _distribution(key: str, spec) -> Distribution:
         raise ConfigError(path, f"unknown distribution; allowed: {', '.join(DISTRIBUTIONS)}")
     if not isinstance(args, list) or not args:
         raise ConfigError(path, "expected a non-empty list" if kind == "choice" else "expected [low, high]")
-    ftype = _field_type(key)
+    ftype = field_kind(key)
     if kind == "choice":
         if len(set(map(repr, args))) != len(args):
             raise ConfigError(path, f"repeated choices in {args!r}")
@@ -412,10 +408,10 @@ def _boundary(search: Mapping, base: Mapping, space: Mapping) -> dict:
         raise ConfigError("search.axis", "required for kind: boundary: the float TrainConfig field to "
                           "search in log space, e.g. elr")
     if axis not in TrainConfig.field_names():
-        floats = sorted(f for f in TrainConfig.field_names() if _field_type(f) is float)
+        floats = sorted(f for f in TrainConfig.field_names() if field_kind(f) is float)
         raise ConfigError("search.axis", f"{axis!r} is not a TrainConfig field; allowed (float fields): "
                           + ", ".join(floats))
-    if _field_type(axis) is not float:
+    if field_kind(axis) is not float:
         raise ConfigError("search.axis", f"{axis} is not a float field; a boundary is searched in log "
                           "space along a positive real axis (e.g. elr, lr, wd)")
     if axis in space or axis in base:

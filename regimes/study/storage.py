@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from regimes.config import ConfigError
+from regimes.errors import ConfigError
 
 JOURNAL = "optuna.journal"
 SPEC_COPY = "study.yaml"

@@ -32,8 +32,8 @@ import tempfile
 from ray import tune
 
 from regimes import regime as R
-from regimes.config import ConfigError
-from regimes.train import Trainer
+from regimes.errors import ConfigError
+from regimes.run import Trainer
 
 from .spec import Study
 

@@ -54,6 +54,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from regimes.core.hooks import Technique
+
 _LAYERS = (nn.Conv2d, nn.Linear)
 _HOMOGENEOUS_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
                         nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)
@@ -118,7 +120,7 @@ def _is_flatten_shape(node) -> bool:
 def find_pairs(model: nn.Module, *, skip_head: bool = True, through_bn: bool = True) -> list[Pair]:
     """Adjacent (conv|linear, conv|linear) pairs of a feed-forward graph, in order."""
     try:
-        from regimes.params import trace  # fx trace that keeps LCNN layers as leaves
+        from regimes.core.params import trace  # fx trace that keeps LCNN layers as leaves
 
         gm = trace(model)
     except Exception as e:  # data-dependent control flow, ...
@@ -228,3 +230,34 @@ class ENorm:
 def _scale(t: Tensor | None, factor: Tensor) -> None:
     if t is not None:
         t.mul_(factor)
+
+
+
+
+class EquiNormalization(Technique):
+    """ENorm in a run: one balancing cycle every `enorm_every` optimiser steps, after the
+    step and before the sphere projection; measures `weight_l2` and `enorm_objective`.
+
+    The cadence is read from the Trainer's global step count (in the checkpoint), so a run
+    resumed at any step balances at the same steps as the uninterrupted one."""
+
+    name = "enorm"
+    measures = ("weight_l2", "enorm_objective")
+
+    @classmethod
+    def enabled(cls, cfg) -> bool:
+        return cfg.enorm_c > 0
+
+    def __init__(self, run):
+        super().__init__(run)
+        self.enorm = ENorm(run.model, run.optimizer, c=run.cfg.enorm_c)
+        self.every = run.cfg.enorm_every
+
+    def after_step(self, step: int) -> None:
+        if step % self.every == 0:
+            self.enorm.step()
+
+    def measure(self, rec: dict) -> None:
+        ws = [m.weight for m in self.run.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        rec["weight_l2"] = float(torch.sqrt(sum(w.detach().double().pow(2).sum() for w in ws)))
+        rec["enorm_objective"] = self.enorm.weighted_norm()

@@ -1,108 +1,51 @@
-"""train(cfg): an iterator of per-epoch records. No Ray, no pandas.
+"""The Trainer: one run of one TrainConfig, as an iterator of per-epoch records. No Ray, no pandas.
 
-    for rec in train(TrainConfig(dataset="digits", elr=1e-2, epochs=30)):
+    for rec in Trainer(cfg).run():
         print(rec["epoch"], rec["train_loss"], rec["test_acc"])
 
-`Trainer` holds the run (data on the device, model, optimiser, RNG) and is what
-the Ray trainable drives: `state_dict()` taken between two yielded records is a
-complete checkpoint, and `load_state_dict()` continues the run exactly.
+The Trainer holds the run (data on the device, model, optimiser, RNG). Between
+two yielded records `state_dict()` is a complete checkpoint and
+`load_state_dict()` continues the run exactly (bit for bit on the same machine).
 
-Modes (DESIGN.md, "Training on the sphere"):
-- sphere: rho0 = joint L2 norm of all scale-invariant (SI) weights at init. SGD
-  on the SI weights with lr = elr * rho0^2, then all SI weights are rescaled
-  jointly back to norm rho0. Because the gradient of an SI function at radius
-  rho is g_eff / rho, this is w <- normalize(w - elr * g_eff) on the unit sphere:
-  tan(angle per step) = elr * ||g_eff||. Momentum, if set, is torch's heavy ball
-  on the SI weights with the same lr, followed by the same projection (the
-  paper's code does the same); the ELR then is the per-step rate before
-  momentum amplification (~ elr / (1 - m) in steady state).
-  Non-SI parameters use `noninv_lr` (0: frozen, -1: elr * rho0^2) with `wd`.
-- free: plain SGD (lr, wd, momentum) on every trainable parameter; the ELR is
-  emergent, elr_t = lr / ||w_SI,t||^2, and is what gets logged.
+The step loop is short and branch-free: the mode's rate mapping and projection
+(regimes.core.sphere) and the techniques' hooks (regimes.core.hooks) are
+composed before the loop, the per-step rates are a precomputed array
+(regimes.core.schedules), and host syncs happen once per epoch, at the measures.
 
-The step loop is short and branch-free: what varies with the mode is composed
-into `self._after_step` and the per-step rate arrays before the loop starts.
-Rates come from a precomputed per-step array (regimes.optim.schedules), so the
-loop never branches on the schedule.
+This class trains with the techniques it is given; `regimes.Trainer` is this
+Trainer with every technique of the package (regimes.techniques) plugged in.
 """
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
-import sys
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, TrainConfig
+from ..errors import ConfigError
+from . import record
+from .config import TrainConfig
 from .data import Data, augment, load_data
+from .hooks import Objective, Technique, overridden
 from .models import build_model
-from .optim.schedules import schedule_values
 from .params import Role, find_roles
-from .models.lcnn import no_decay_params
-from .penalties import plain_objective
-from .techniques import TECHNIQUE_MEASURES, compose as compose_techniques
+from .runtime import resolve_device, resolve_memory_format, retain_freed_memory
+from .schedules import schedule_values
+from .sphere import SphereSGD, angle, joint_norm
 
 
-def train(cfg: TrainConfig, state: dict | None = None) -> Iterator[dict]:
-    """Train one run; yields one record (dict of Python scalars) per epoch."""
-    trainer = Trainer(cfg)
-    if state is not None:
-        trainer.load_state_dict(state)
-    return trainer.run()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", "cuda requested but no CUDA device is available; use device=cpu or auto")
-    return torch.device(name)
-
-
-
-def resolve_memory_format(name: str, device: torch.device) -> torch.memory_format:
-    """channels_last on CPU (oneDNN's fast path for conv, BN and pooling), NCHW on CUDA unless asked."""
-    if name == "auto":
-        name = "channels_last" if device.type == "cpu" else "contiguous"
-    return torch.channels_last if name == "channels_last" else torch.contiguous_format
-
-
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_retained = False
-
-
-def retain_freed_memory() -> bool:
-    """Keep freed CPU memory in this process instead of handing it back to the OS.
-
-    glibc serves blocks above its mmap threshold with fresh mmap'd pages and unmaps
-    them on free, and trims the heap top; a training step allocates and frees the same
-    large activation tensors every step, so each step faults in (and the kernel zeroes)
-    tens of thousands of pages. Raising the mmap threshold to its maximum (32 MiB on
-    64-bit) and the trim threshold to 1 GiB makes those blocks heap blocks that are
-    reused. Process-wide and one-way (called once); True if glibc accepted it, False on
-    other C libraries or platforms (nothing changes there).
-    """
-    global _retained
-    if _retained:
-        return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _retained = bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
-    return _retained
+def plain_objective(model, x, y):
+    """loss = CE; returns (loss, logits, stats) like every objective."""
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits, {}
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, dtype: torch.dtype = torch.float32):
+    def __init__(self, cfg: TrainConfig, dtype: torch.dtype = torch.float32,
+                 techniques: Sequence[type[Technique]] = ()):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.dtype = dtype
@@ -111,7 +54,12 @@ class Trainer:
         if cfg.batch_size > n:
             raise ConfigError("batch_size", f"{cfg.batch_size} exceeds the {n} training examples")
         self.steps_per_epoch = n // cfg.batch_size  # the last partial batch is dropped (BN needs > 1 example)
-        self.model = build_model(cfg, self.data.input_shape, self.data.num_classes).to(self.device, dtype)
+        kinds = [t for t in techniques if t.enabled(cfg)]
+        layers = [ly for ly in (t.layers(cfg) for t in kinds) if ly is not None]
+        if len(layers) > 1:
+            raise ConfigError("model", "two techniques both supply the model's layers")
+        self.model = build_model(cfg, self.data.input_shape, self.data.num_classes,
+                                 layers[0] if layers else None).to(self.device, dtype)
         self.memory_format = resolve_memory_format(cfg.memory_format, self.device)
         if self.device.type == "cpu" and cfg.cpu_memory == "retain":
             retain_freed_memory()
@@ -125,84 +73,73 @@ class Trainer:
         if cfg.mode == "sphere" and not self.si_params:
             raise ConfigError("mode", f"model {cfg.model} has no scale-invariant weights; "
                               "use mode=free or a *_si / *_si_af model")
-        self.rho0 = _norm(self.si_params).item() if self.si_params else 0.0
+        self.sgd = SphereSGD(cfg, self.model, self.si_params)
+        self.optimizer = self.sgd.optimizer
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)  # data order + augmentation
         # per-step base rate (ELR in sphere mode, lr in free mode), precomputed
         self.rate = schedule_values(cfg, cfg.epochs * self.steps_per_epoch, self.steps_per_epoch)
-        self.optimizer, self._lr_of_group = self._build_optimizer()
-        self._after_step: list[Callable[[], None]] = []
-        if cfg.mode == "sphere":
-            self._after_step.append(self._project)
-        # composition points for the techniques (regimes/techniques.py fills them)
-        self._objective = plain_objective                    # (model, x, y) -> (loss, logits, stats)
-        self._before_step: list[Callable[[], None]] = [self._zero_grad]
-        self._optimizer_step: Callable[[], None] = self.optimizer.step
-        self._epoch_start: list[Callable[[int], None]] = []  # called with the 1-based epoch
-        self._epoch_end: list[Callable[[int], None]] = []
-        self._epoch_measures: list[Callable[[dict], None]] = []
-        self._eval_context = contextlib.nullcontext
-        self.techniques = compose_techniques(self)
         self.epoch = 0
         self.step = 0
         self.elapsed = 0.0
+        # --- the techniques, composed once ---
+        self.techniques: dict[str, Technique] = {}
+        for kind in kinds:
+            self.techniques[kind.name] = kind(self)
+        active = list(self.techniques.values())
+        self._objective: Objective = plain_objective
+        for t in active:
+            self._objective = t.objective(self._objective)
+        self._epoch_start = overridden(active, "epoch_start")
+        self._with_overrides = [t for t in active if type(t).overrides is not Technique.overrides]
+        # after each optimiser step: the techniques' hooks (ENorm), then the sphere projection
+        self._after_step: list[Callable[[int], None]] = overridden(active, "after_step")
+        self._project: list[Callable[[], None]] = [self.sgd.project] if cfg.mode == "sphere" else []
+        self._epoch_end = overridden(active, "epoch_end")
+        self._measures = overridden(active, "measure")
+        self._compose_epoch()
+
+    @property
+    def rho0(self) -> float:
+        return self.sgd.rho0
 
     # --- composition (before the loop) ---------------------------------
-    def _build_optimizer(self):
-        cfg = self.cfg
-        si_ids = {id(p) for p in self.si_params}
-        others = [p for p in self.model.parameters() if p.requires_grad and id(p) not in si_ids]
-        groups, lr_of_group = [], []
-        no_decay = {id(p) for p in no_decay_params(self.model)}  # LCNN beta, gamma: never decayed
-        others_nd = [p for p in others if id(p) in no_decay]
-        others = [p for p in others if id(p) not in no_decay]
-        if cfg.mode == "sphere":
-            scale = self.rho0 ** 2  # lr = elr * rho0^2 turns the ELR into a step at radius rho0
-            groups.append({"params": self.si_params, "weight_decay": 0.0})
-            lr_of_group.append(lambda r: r * scale)
-            if others and cfg.noninv_lr != 0:
-                groups.append({"params": others, "weight_decay": cfg.wd})
-                fixed = cfg.noninv_lr
-                lr_of_group.append((lambda r: r * scale) if fixed == -1 else (lambda r: fixed))
-                if others_nd:
-                    groups.append({"params": others_nd, "weight_decay": 0.0})
-                    lr_of_group.append(lr_of_group[-1])
-            elif others or others_nd:
-                for p in others + others_nd:  # noninv_lr = 0: frozen
-                    p.requires_grad_(False)
-        else:
-            params = self.si_params + others
-            groups.append({"params": params, "weight_decay": cfg.wd})
-            lr_of_group.append(lambda r: r)
-            if others_nd:
-                groups.append({"params": others_nd, "weight_decay": 0.0})
-                lr_of_group.append(lambda r: r)
-        for g in groups:
-            g["lr"] = 0.0
-        opt = torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum)
-        return opt, lr_of_group
+    def _compose_epoch(self) -> None:
+        """The gradient reset, optimiser step and evaluation context of the coming epoch:
+        the Trainer's own unless a technique replaces them (late-phase weights, once started)."""
+        chosen = {"zero_grad": self._zero_grad, "optimizer_step": self.optimizer.step,
+                  "eval_context": contextlib.nullcontext}
+        replaced_by: dict[str, str] = {}
+        for t in self._with_overrides:
+            o = t.overrides()
+            if o is None:
+                continue
+            for key in chosen:
+                fn = getattr(o, key)
+                if fn is not None:
+                    if key in replaced_by:
+                        raise ConfigError(t.name, f"replaces {key}, which {replaced_by[key]} already replaces")
+                    chosen[key], replaced_by[key] = fn, t.name
+        self._zero_grad_fn = chosen["zero_grad"]
+        self._optimizer_step = chosen["optimizer_step"]
+        self._eval_context = chosen["eval_context"]
 
     def _eff_grad_norm(self) -> torch.Tensor:
         """||grad_SI L|| * ||w_SI||: the gradient at unit norm (scale-free), on the device."""
         if not self.si_params:
             return torch.zeros((), dtype=torch.float64, device=self.device)
-        return (_norm([p.grad for p in self.si_params]) * _norm(self.si_params)).double()
+        return (joint_norm([p.grad for p in self.si_params]) * joint_norm(self.si_params)).double()
 
     @torch.no_grad()
     def _angular_update(self, prev: list[torch.Tensor]) -> torch.Tensor:
         """Angle between the SI vector before and after this step; `prev` is updated in place."""
         if not self.si_params:
             return torch.zeros((), dtype=torch.float64, device=self.device)
-        angle = _angle(prev, self.si_params).double()
+        a = angle(prev, self.si_params).double()
         torch._foreach_copy_(prev, [p.detach() for p in self.si_params])
-        return angle
+        return a
 
     def _zero_grad(self):
         self.optimizer.zero_grad(set_to_none=True)
-
-    @torch.no_grad()
-    def _project(self):
-        """Rescale all SI weights jointly back to norm rho0 (the sphere)."""
-        torch._foreach_mul_(self.si_params, self.rho0 / _norm(self.si_params))
 
     # --- the loop ----------------------------------------------------------
     def run(self) -> Iterator[dict]:
@@ -212,6 +149,7 @@ class Trainer:
             t0 = time.perf_counter()
             for hook in self._epoch_start:
                 hook(self.epoch + 1)
+            self._compose_epoch()
             self.model.train()
             perm = torch.randperm(len(data.x_train), generator=self.gen).to(self.device)
             loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -223,17 +161,16 @@ class Trainer:
                 idx = perm[i * B:(i + 1) * B]
                 x = augment(data.x_train[idx], data.crop_pad, data.flip, self.gen)
                 y = data.y_train[idx]
-                r = float(self.rate[self.step])
-                for g, lr_of in zip(self.optimizer.param_groups, self._lr_of_group):
-                    g["lr"] = lr_of(r)
-                for hook in self._before_step:  # zero_grad (late-phase: member swap + partial zeroing)
-                    hook()
+                self.sgd.set_rate(float(self.rate[self.step]))
+                self._zero_grad_fn()   # late-phase weights: member swap + partial zeroing
                 loss, _, stats = self._objective(self.model, x, y)
                 loss.backward()
                 egn_sum += self._eff_grad_norm()
                 self._optimizer_step()
                 for hook in self._after_step:
-                    hook()
+                    hook(self.step + 1)
+                for project in self._project:
+                    project()
                 for k, v in stats.items():
                     stat_sums[k] = stat_sums.get(k, 0.0) + v.double()
                 angle_sum += self._angular_update(prev)
@@ -246,7 +183,7 @@ class Trainer:
             # ---- measures: host syncs happen here, once per epoch ----
             rec = self._measure(loss_sum, egn_sum, angle_sum, train_time)
             rec.update({k: (v / self.steps_per_epoch).item() for k, v in stat_sums.items()})
-            for k in TECHNIQUE_MEASURES:  # one schema for every trial (NaN: off or not due)
+            for k in record.TECHNIQUE_MEASURES:  # one schema for every trial (NaN: off or not due)
                 rec.setdefault(k, float("nan"))
             self.elapsed += time.perf_counter() - t0
             rec["time_s"] = self.elapsed
@@ -260,15 +197,14 @@ class Trainer:
         cfg, n = self.cfg, self.steps_per_epoch
         mean_loss = (loss_sum / n).item()
         diverged = not math.isfinite(mean_loss)
-        si_norm = _norm(self.si_params).item() if self.si_params else float("nan")
+        si_norm = joint_norm(self.si_params).item() if self.si_params else float("nan")
         r = float(self.rate[self.step - 1])
-        lr_si = self._lr_of_group[0](r)
         rec = {"epoch": self.epoch, "step": self.step,
                "train_loss": float("nan"), "train_acc": float("nan"),
                "test_loss": float("nan"), "test_acc": float("nan"),
                "si_norm": si_norm,
-               "elr": r if cfg.mode == "sphere" else lr_si / si_norm ** 2 if self.si_params else float("nan"),
-               "lr": lr_si,
+               "elr": self.sgd.elr_of(r, si_norm),
+               "lr": self.sgd.si_lr(r),
                "eff_grad_norm": (egn_sum / n).item() if self.si_params else float("nan"),
                "angular_update": (angle_sum / n).item() if self.si_params else float("nan"),
                "samples_per_s": n * cfg.batch_size / max(train_time, 1e-9),
@@ -281,7 +217,7 @@ class Trainer:
             if self.epoch % cfg.train_eval_every == 0 or self.epoch == cfg.epochs:
                 rec["train_loss"], rec["train_acc"] = self.evaluate_train()
             rec["test_loss"], rec["test_acc"] = self.evaluate_test()
-        for measure in self._epoch_measures:  # technique measures (NaN when not due)
+        for measure in self._measures:  # technique measures (NaN when not due)
             measure(rec)
         if not (math.isfinite(rec["test_loss"]) and (math.isfinite(si_norm) or not self.si_params)) or (
                 rec["train_loss"] == rec["train_loss"] and not math.isfinite(rec["train_loss"])):
@@ -330,13 +266,13 @@ class Trainer:
         return {"config": self.cfg.to_dict(), "epoch": self.epoch, "step": self.step, "rho0": self.rho0,
                 "elapsed": self.elapsed, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "generator": self.gen.get_state(),
-                "techniques": self.techniques.state_dict()}
+                "techniques": {name: t.state_dict() for name, t in self.techniques.items()}}
 
     def load_state_dict(self, sd: dict) -> None:
         # Fields a checkpoint predates take their defaults; the memory layout and the CPU
         # allocator setting may differ (they change how tensors are stored, not the run).
         known = set(TrainConfig.field_names())
-        theirs = {**TrainConfig().to_dict(), **{k: v for k, v in sd["config"].items() if k in known}}
+        theirs = {**TrainConfig().to_dict(), **{k: _frozen(v) for k, v in sd["config"].items() if k in known}}
         ours = self.cfg.to_dict()
         diff = sorted(k for k in (set(theirs) | set(sd["config"])) - {"memory_format", "cpu_memory"}
                       if k not in known or theirs.get(k) != ours.get(k))
@@ -345,8 +281,9 @@ class Trainer:
         self.model.load_state_dict(sd["model"])
         self.optimizer.load_state_dict(sd["optimizer"])
         self.gen.set_state(sd["generator"])
-        self.techniques.load_state_dict(sd.get("techniques", {}))
-        self.epoch, self.step, self.rho0, self.elapsed = sd["epoch"], sd["step"], sd["rho0"], sd["elapsed"]
+        for name, t in self.techniques.items():
+            t.load_state_dict(sd.get("techniques", {}).get(name, {}))
+        self.epoch, self.step, self.sgd.rho0, self.elapsed = sd["epoch"], sd["step"], sd["rho0"], sd["elapsed"]
 
     def save(self, path) -> None:
         torch.save(self.state_dict(), path)
@@ -355,18 +292,6 @@ class Trainer:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
 
 
-# ---------------------------------------------------------------------------
-def _norm(tensors) -> torch.Tensor:
-    """Joint L2 norm of a list of tensors (one device op, no host sync)."""
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(tensors))))
-
-
-def _angle(prev, cur) -> torch.Tensor:
-    """Angle (radians) between two concatenated vectors, accurate for tiny angles:
-    2 * asin(||u - v|| / 2) for unit vectors u, v."""
-    if not cur:
-        return torch.zeros(())
-    pn, cn = _norm(prev), _norm(cur)
-    diff = torch._foreach_sub([c / cn for c in cur], [p / pn for p in prev])
-    chord = _norm(diff)
-    return 2 * torch.asin(torch.clamp(chord / 2, max=1.0))
+def _frozen(v):
+    """Lists (list-valued fields of checkpoints written before they became tuples) as tuples."""
+    return tuple(_frozen(x) for x in v) if isinstance(v, (list, tuple)) else v

@@ -28,7 +28,8 @@
   more (training changes W slowly, so one step tracks it); eval mode reuses u.
   sigma = <u, conv(v)> keeps its gradient w.r.t. W (Miyato et al. 2018).
 
-Factories at the bottom give the lead's ConvNet/ResNet builders LCNN layers.
+The factories below build these layers; regimes.techniques.lcnn hands them to
+the ConvNet / ResNet-18 builders for the *_lcnn models.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ LN2 = math.log(2.0)
 
 class CenteredSoftplus(nn.Module):
     """(softplus(b x) - ln 2) / b, b = exp(log_beta) + eps, learnable b."""
-    fx_leaf = True  # traced as one op by regimes.params and regimes.optim.enorm
+    fx_leaf = True  # traced as one op by regimes.core.params and regimes.techniques.enorm
+    no_weight_decay = ("log_beta",)  # shaped by its penalty (beta_coef), never decayed
 
     def __init__(self, beta: float = 5.0, eps: float = 1e-3, learnable: bool = True):
         super().__init__()
@@ -73,6 +75,7 @@ class CenteredSoftplus(nn.Module):
 class LipschitzBatchNorm2d(nn.Module):
     """BatchNorm2d with Lipschitz constant gamma (normalise) or <= gamma (clip)."""
     fx_leaf = True
+    no_weight_decay = ("log_gamma",)  # shaped by its penalty (gamma_coef), never decayed
     normalizes_input = True  # output invariant to the scale of its input (closes SI sets)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
@@ -221,58 +224,3 @@ def betas(model: nn.Module) -> list[Tensor]:
 
 def log_gammas(model: nn.Module) -> list[Tensor]:
     return [m.log_gamma for m in model.modules() if isinstance(m, LipschitzBatchNorm2d)]
-
-
-# ---------------------------------------------------------------------------
-# *_lcnn models: the lead's ConvNet / pre-activation ResNet-18 with LCNN layers
-def _conv_factory(cfg):
-    spectral = getattr(cfg, "spectral_norm", True)
-    warm = getattr(cfg, "spectral_warm_iters", 10)
-
-    def convnet_conv(cin, cout, bias):
-        return lcnn_conv(cin, cout, 3, padding=1, bias=bias, spectral=spectral, warm_iters=warm)
-
-    def resnet_conv(cin, cout, k, stride, bias):
-        return lcnn_conv(cin, cout, k, stride=stride, padding=k // 2, bias=bias, spectral=spectral,
-                         warm_iters=warm)
-
-    return convnet_conv, resnet_conv
-
-
-def _norm_factory(cfg):
-    lipschitz = getattr(cfg, "lipschitz_bn", True)
-    mode = getattr(cfg, "lipschitz_bn_mode", "normalise")
-    gamma = getattr(cfg, "lipschitz_bn_gamma", 1.0)
-    return lambda ch: lcnn_norm(ch, lipschitz=lipschitz, mode=mode, gamma=gamma)
-
-
-def build_convnet_lcnn(cfg, in_ch: int, num_classes: int, size: int) -> nn.Module:
-    from .convnet import ConvNet
-
-    conv, _ = _conv_factory(cfg)
-    return ConvNet(in_ch, num_classes, size, cfg.width, cfg.depth, norm=_norm_factory(cfg),
-                   act=lambda: lcnn_activation(getattr(cfg, "softplus_beta", 5.0)), conv=conv, bias=False)
-
-
-def build_resnet18_lcnn(cfg, in_ch: int, num_classes: int, size: int) -> nn.Module:
-    from .resnet import PreActResNet18
-
-    _, conv = _conv_factory(cfg)
-    return PreActResNet18(in_ch, num_classes, cfg.width, norm=_norm_factory(cfg),
-                          act=lambda: lcnn_activation(getattr(cfg, "softplus_beta", 5.0)), conv=conv, bias=False)
-
-
-def no_decay_params(model: nn.Module) -> list[nn.Parameter]:
-    """beta and gamma of the LCNN layers: shaped by their penalties, never weight-decayed."""
-    return [m.log_beta for m in model.modules() if isinstance(m, CenteredSoftplus) and
-            isinstance(m.log_beta, nn.Parameter)] + log_gammas(model)
-
-
-def _register() -> None:
-    from . import LCNN_BUILDERS
-
-    LCNN_BUILDERS.setdefault("convnet", build_convnet_lcnn)
-    LCNN_BUILDERS.setdefault("resnet18", build_resnet18_lcnn)
-
-
-_register()

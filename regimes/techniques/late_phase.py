@@ -36,12 +36,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from regimes.core.hooks import Overrides, Technique
+
 REDUCES = ("sum", "mean")
 
 
 def default_late_phase_modules(model: nn.Module) -> list[nn.Module]:
     """BatchNorm layers (torch's and LCNN's Lipschitz BN) and the head (the last Linear)."""
-    from regimes.models.lcnn import LipschitzBatchNorm2d
+    from regimes.techniques.lcnn_layers import LipschitzBatchNorm2d
 
     mods = [m for m in model.modules()
             if isinstance(m, (nn.modules.batchnorm._BatchNorm, LipschitzBatchNorm2d))]
@@ -240,3 +242,53 @@ class LatePhase:
             self._load(sd["active"])
         for p, g in zip(self.shared, sd.get("pending_grads", [])):
             p.grad = None if g is None else g.clone()
+
+
+
+
+class LatePhaseWeights(Technique):
+    """Late-phase weights in a run: the K members are created at the start of epoch
+    `late_phase_start`; from then on the gradient reset and the optimiser step are the
+    member/shared schedule above and evaluation uses the members' averaged layer outputs.
+    Measures the ensemble's test accuracy and loss. With late-phase weights,
+    `eff_grad_norm` is read after each backward, i.e. from the shared gradient accumulated
+    so far in the current K-cycle. The member counter `t` is in the checkpoint."""
+
+    name = "late_phase"
+    measures = ("test_acc_ensemble", "test_loss_ensemble")
+
+    @classmethod
+    def enabled(cls, cfg) -> bool:
+        return cfg.late_phase_k > 1
+
+    def __init__(self, run):
+        super().__init__(run)
+        cfg = run.cfg
+        self.lp = LatePhase(run.model, run.optimizer, cfg.late_phase_k, reduce=cfg.late_phase_reduce,
+                            noise=cfg.late_phase_noise, seed=cfg.seed)
+
+    def epoch_start(self, epoch: int) -> None:
+        if epoch == self.run.cfg.late_phase_start and not self.lp.started:
+            self.lp.start()
+
+    def overrides(self) -> Overrides | None:
+        if not self.lp.started:
+            return None
+        return Overrides(zero_grad=self.lp.before_step, optimizer_step=self.lp.optimizer_step,
+                         eval_context=self.lp.averaged)
+
+    def measure(self, rec: dict) -> None:
+        rec["test_acc_ensemble"] = rec["test_loss_ensemble"] = float("nan")
+        if not self.lp.started:
+            return
+        x, y = self.run.data.x_test, self.run.data.y_test
+        probs = self.lp.ensemble_predict(x)
+        rec["test_acc_ensemble"] = float((probs.argmax(1) == y).double().mean())
+        rec["test_loss_ensemble"] = float(F.nll_loss(torch.log(probs.clamp_min(1e-300)), y))
+
+    def state_dict(self) -> dict:
+        return self.lp.state_dict()
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd:
+            self.lp.load_state_dict(sd)

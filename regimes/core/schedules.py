@@ -15,7 +15,7 @@ training done before step t:
 - piecewise    knots [[f_i, r_i], ...]: log r interpolated linearly in f; held flat outside the knots
 - warm-up      (any schedule) multiplied by (t + 1) / W for the first W = warmup_epochs * steps_per_epoch steps
 
-The array is computed once before the loop (float64 on the CPU); the loop only
+The keys are validated by TrainConfig (its schedule group). The array is computed once before the loop (float64 on the CPU); the loop only
 indexes it, so the loop never branches on the schedule.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 
 def schedule_values(cfg, total_steps: int, steps_per_epoch: int) -> torch.Tensor:
@@ -71,28 +71,3 @@ def _interp(x, xs, ys):
     x0, x1, y0, y1 = xs[idx], xs[idx + 1], ys[idx], ys[idx + 1]
     w = torch.clamp((x - x0) / (x1 - x0), 0.0, 1.0)
     return y0 + w * (y1 - y0)
-
-
-def check(cfg) -> None:
-    """Cross-field validation of the schedule keys (called by TrainConfig)."""
-    final_key = "elr_final" if cfg.mode == "sphere" else "lr_final"
-    final = getattr(cfg, final_key)
-    if cfg.schedule in ("exponential", "two_phase") and final <= 0:
-        raise ConfigError(final_key, f"schedule={cfg.schedule} needs {final_key} > 0")
-    if cfg.schedule == "step":
-        ms = cfg.milestones
-        if not ms or any(not isinstance(m, (int, float)) or isinstance(m, bool) or not 0 < m < 1 for m in ms):
-            raise ConfigError("milestones", "schedule=step needs a list of fractions of training in (0, 1), "
-                              f"e.g. [0.5, 0.75]; got {ms!r}")
-        if list(ms) != sorted(ms):
-            raise ConfigError("milestones", f"must be increasing; got {ms!r}")
-    if cfg.schedule == "piecewise":
-        ks = cfg.knots
-        ok = bool(ks) and all(isinstance(k, (list, tuple)) and len(k) == 2 and
-                              all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in k) and
-                              0 <= k[0] <= 1 and k[1] > 0 for k in ks)
-        if not ok:
-            raise ConfigError("knots", "schedule=piecewise needs [[fraction, rate], ...] with fractions in "
-                              f"[0, 1] and rates > 0; got {ks!r}")
-        if [k[0] for k in ks] != sorted(k[0] for k in ks) or len({k[0] for k in ks}) != len(ks):
-            raise ConfigError("knots", f"fractions must be strictly increasing; got {ks!r}")

@@ -10,10 +10,14 @@ averaging (momentum=None), then eval mode. The training model is untouched.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from regimes.core.hooks import Technique
 
 
 class SWA:
@@ -71,3 +75,53 @@ def recompute_bn(model: nn.Module, x: Tensor, batch_size: int) -> None:
         model(x[start:start + batch_size])
     for m, mom in zip(bns, saved):
         m.momentum = mom
+
+
+
+
+class StochasticWeightAveraging(Technique):
+    """SWA in a run: the average is updated at the end of every epoch >= `swa_start`;
+    measures the averaged model's test accuracy and loss (BN statistics recomputed)."""
+
+    name = "swa"
+    measures = ("test_acc_swa", "test_loss_swa")
+
+    @classmethod
+    def enabled(cls, cfg) -> bool:
+        return cfg.swa_start > 0
+
+    def __init__(self, run):
+        super().__init__(run)
+        self.swa = SWA(run.model)
+
+    def epoch_end(self, epoch: int) -> None:
+        if epoch < self.run.cfg.swa_start:
+            return
+        # with late-phase weights, SWA averages the members' mean (equal to averaging
+        # their outputs once BN statistics are recomputed, for BN affine and the head)
+        lp = self.run.techniques.get("late_phase")
+        ctx = lp.lp.mean_members() if lp is not None and lp.lp.started else contextlib.nullcontext()
+        with ctx:
+            self.swa.update()
+
+    def measure(self, rec: dict) -> None:
+        rec["test_acc_swa"] = rec["test_loss_swa"] = float("nan")
+        if self.swa.n == 0:
+            return
+        run = self.run
+        m = self.swa.evaluate_model(run.data.x_train, run.cfg.batch_size)
+        with torch.no_grad():
+            loss = acc = 0.0
+            x, y = run.data.x_test, run.data.y_test
+            for i in range(0, len(x), 1000):
+                out = m(x[i:i + 1000])
+                loss += float(F.cross_entropy(out, y[i:i + 1000], reduction="sum"))
+                acc += float((out.argmax(1) == y[i:i + 1000]).sum())
+        rec["test_loss_swa"], rec["test_acc_swa"] = loss / len(x), acc / len(x)
+
+    def state_dict(self) -> dict:
+        return self.swa.state_dict()
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd:
+            self.swa.load_state_dict(sd)

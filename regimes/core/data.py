@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import ConfigError, TrainConfig
+from ..errors import ConfigError
+from .config import TrainConfig
 
 # (crop padding in pixels, horizontal flip) per dataset. Digits are not mirror
 # symmetric, so they are only shifted.

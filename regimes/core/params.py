@@ -177,3 +177,16 @@ def _merge(sets: list[frozenset]) -> list[frozenset]:
             groups.remove(g)
         groups.append(s)
     return [frozenset(g) for g in groups]
+
+
+def no_decay_params(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters that modules exempt from weight decay by naming them in a class attribute
+    `no_weight_decay` (e.g. LCNN's softplus beta and Lipschitz-BN gamma, shaped by their own
+    penalties)."""
+    out = []
+    for m in model.modules():
+        for name in getattr(type(m), "no_weight_decay", ()):
+            p = getattr(m, name, None)
+            if isinstance(p, nn.Parameter):
+                out.append(p)
+    return out

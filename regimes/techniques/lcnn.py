@@ -1,11 +1,17 @@
-"""LCNN loss terms (Srinivas et al., NeurIPS 2022).
+"""LCNN: low-curvature neural networks (Srinivas et al., NeurIPS 2022) in a run.
+
+The layers (centered softplus, Lipschitz BN, spectral-norm convs) are in
+regimes.techniques.lcnn_layers; this module builds *_lcnn models from them
+(`layers`), composes the loss and measures the learned betas and gammas.
+
+Loss terms:
 
     loss = CE + beta_coef * sum_l beta_l + gamma_coef * sum_l |log gamma_l| + gnorm_coef * G
 
 beta_l: the learnable softplus sharpness of each CenteredSoftplus (curvature
 bound of the activation); gamma_l: the Lipschitz bound of each
 LipschitzBatchNorm2d. The penalties act through the loss only: beta and gamma
-are never weight-decayed (regimes.params gives them no decay).
+are never weight-decayed (the layers name them in `no_weight_decay`).
 
 G is the input-gradient penalty, by double backprop (create_graph=True), with
 CE the batch *mean* cross-entropy and B the batch size:
@@ -31,7 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from regimes.models.lcnn import betas, log_gammas
+from regimes.core.hooks import Objective, Technique
+from regimes.core.models import Layers
+from regimes.core.trainer import plain_objective
+from regimes.techniques.lcnn_layers import (CenteredSoftplus, LipschitzBatchNorm2d, betas, lcnn_activation,
+                                            lcnn_conv, lcnn_norm, log_gammas)
 
 GNORM_SCALINGS = ("per_sample", "seed")
 SEED_GNORM_CONSTANT = 1e5  # the reference code's numerator in 1e5 / B
@@ -69,16 +79,6 @@ def beta_sum(model: nn.Module) -> Tensor | None:
 def log_gamma_abs_sum(model: nn.Module) -> Tensor | None:
     gs = log_gammas(model)
     return torch.stack(gs).abs().sum() if gs else None
-
-
-Objective = Callable[[nn.Module, Tensor, Tensor], "tuple[Tensor, Tensor, dict[str, Tensor]]"]
-
-
-def plain_objective(model: nn.Module, x: Tensor, y: Tensor):
-    """loss = CE; returns (loss, logits, stats) like every objective."""
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    return loss, logits, {}
 
 
 def make_objective(penalty: LCNNPenalty, model: nn.Module) -> Objective:
@@ -126,3 +126,59 @@ def make_objective(penalty: LCNNPenalty, model: nn.Module) -> Objective:
         return loss, logits, stats
 
     return objective
+
+
+def layers(cfg) -> Layers:
+    """The building blocks of the *_lcnn models (ConvNet and pre-activation ResNet-18)."""
+    spectral, warm = cfg.spectral_norm, cfg.spectral_warm_iters
+
+    def convnet_conv(cin, cout, bias):
+        return lcnn_conv(cin, cout, 3, padding=1, bias=bias, spectral=spectral, warm_iters=warm)
+
+    def resnet_conv(cin, cout, k, stride, bias):
+        return lcnn_conv(cin, cout, k, stride=stride, padding=k // 2, bias=bias, spectral=spectral, warm_iters=warm)
+
+    def norm(ch):
+        return lcnn_norm(ch, lipschitz=cfg.lipschitz_bn, mode=cfg.lipschitz_bn_mode, gamma=cfg.lipschitz_bn_gamma)
+
+    return Layers(norm=norm, act=lambda: lcnn_activation(cfg.softplus_beta), convnet_conv=convnet_conv,
+                  resnet_conv=resnet_conv)
+
+
+class LowCurvature(Technique):
+    """*_lcnn models and the LCNN loss: the penalties are composed into the objective once
+    (the gradient-norm penalty works on any model); measures the mean/max beta and the
+    mean gamma of the LCNN layers, and the epoch means of the loss terms."""
+
+    name = "lcnn"
+    measures = ("beta_penalty", "gamma_penalty", "gnorm_penalty", "input_grad_sq",
+                "beta_mean", "beta_max", "gamma_mean")
+
+    @classmethod
+    def enabled(cls, cfg) -> bool:
+        return cfg.variant == "lcnn" or bool(cfg.beta_coef or cfg.gamma_coef or cfg.gnorm_coef)
+
+    @classmethod
+    def layers(cls, cfg) -> Layers | None:
+        return layers(cfg) if cfg.variant == "lcnn" else None
+
+    def __init__(self, run):
+        super().__init__(run)
+        cfg = run.cfg
+        self.penalty = LCNNPenalty(cfg.beta_coef, cfg.gamma_coef, cfg.gnorm_coef, cfg.gnorm_scaling)
+        model = run.model
+        self.softplus = [m for m in model.modules() if isinstance(m, CenteredSoftplus)]
+        self.lipschitz_bn = [m for m in model.modules() if isinstance(m, LipschitzBatchNorm2d)]
+
+    def objective(self, base: Objective) -> Objective:
+        return make_objective(self.penalty, self.run.model) if self.penalty.active else base
+
+    def measure(self, rec: dict) -> None:
+        if not (self.softplus or self.lipschitz_bn):
+            return
+        nan = float("nan")
+        b = [float(m.beta) for m in self.softplus]
+        g = [float(m.gamma) for m in self.lipschitz_bn]
+        rec["beta_mean"] = sum(b) / len(b) if b else nan
+        rec["beta_max"] = max(b) if b else nan
+        rec["gamma_mean"] = sum(g) / len(g) if g else nan

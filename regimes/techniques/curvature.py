@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from regimes.core.hooks import Technique
+
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -226,3 +228,44 @@ def input_curvature(model: nn.Module, inputs: Tensor, targets: Tensor, *, iters:
 def _per_sample_normalize(u: Tensor) -> Tensor:
     norm = u.flatten(1).norm(dim=1).clamp_min(1e-30)
     return u / norm.view(-1, *([1] * (u.dim() - 1)))
+
+
+# ---------------------------------------------------------------------------
+class CurvatureMeasures(Technique):
+    """The three measures in a run, each on its own epoch cadence (`*_every`, the last
+    epoch always included; NaN when not due), on the first `curvature_subset` training
+    examples (seed-independent), with fresh probes per epoch (seed + epoch)."""
+
+    name = "curvature"
+    measures = ("sharpness", "hess_trace", "input_curvature_mean", "input_curvature_std")
+
+    @classmethod
+    def enabled(cls, cfg) -> bool:
+        return bool(cfg.sharpness_every or cfg.hess_trace_every or cfg.input_curvature_every)
+
+    def __init__(self, run):
+        super().__init__(run)
+        n = min(run.cfg.curvature_subset, len(run.data.x_train))
+        self.subset = (run.data.x_train[:n], run.data.y_train[:n])
+
+    def measure(self, rec: dict) -> None:
+        run, cfg = self.run, self.run.cfg
+        x, y = self.subset
+        nan = float("nan")
+        last = run.epoch == cfg.epochs
+
+        def due(every):
+            return every > 0 and (run.epoch % every == 0 or last)
+
+        seed = cfg.seed + run.epoch  # fresh probes per epoch, reproducible
+        if cfg.sharpness_every:
+            rec["sharpness"] = sharpness(run.model, x, y, iters=cfg.sharpness_iters, seed=seed,
+                                         chunk_size=cfg.batch_size) if due(cfg.sharpness_every) else nan
+        if cfg.hess_trace_every:
+            rec["hess_trace"] = hess_trace(run.model, x, y, samples=cfg.hess_trace_samples, seed=seed,
+                                           chunk_size=cfg.batch_size) if due(cfg.hess_trace_every) else nan
+        if cfg.input_curvature_every:
+            mean, std = input_curvature(run.model, x, y, iters=cfg.input_curvature_iters, seed=seed,
+                                        chunk_size=cfg.batch_size) \
+                if due(cfg.input_curvature_every) else (nan, nan)
+            rec["input_curvature_mean"], rec["input_curvature_std"] = mean, std

@@ -6,32 +6,50 @@
 - `*_si_af` BN affine on, everything trained (paper: ConvNetSIAf / ResNet18SIAf).
 - plain     no BatchNorm (convs with bias), nothing scale-invariant; for `free` mode
             baselines and for ENorm, which is function-preserving only without BN.
-- `*_lcnn`  low-curvature variants (centered softplus, spectral-norm convs,
-            Lipschitz BN), built by regimes.models.lcnn when available.
+- `*_lcnn`  the same networks built from the `Layers` a technique supplies
+            (regimes.techniques.lcnn: centered softplus, spectral-norm convs,
+            Lipschitz BN); `build_model` takes them as an argument.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
-from ..config import ConfigError, TrainConfig
+from ...errors import ConfigError
+from ..config import TrainConfig
 from .convnet import ConvNet
 from .resnet import PreActResNet18
 
 HEAD_SEED = 20221128  # fixed: every *_si run shares the same frozen head
 
-# Hook for the LCNN variants: base model name -> (cfg, in_ch, num_classes, size) -> nn.Module
-LCNN_BUILDERS: dict = {}
+
+@dataclass(frozen=True)
+class Layers:
+    """Building blocks that replace the defaults (BN, ReLU, plain convs) in both networks."""
+    norm: Callable[[int], nn.Module]                              # norm(channels)
+    act: Callable[[], nn.Module]
+    convnet_conv: Callable[[int, int, bool], nn.Module]           # (cin, cout, bias), 3x3 same
+    resnet_conv: Callable[[int, int, int, int, bool], nn.Module]  # (cin, cout, k, stride, bias)
 
 
-def build_model(cfg: TrainConfig, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def build_model(cfg: TrainConfig, input_shape: tuple[int, int, int], num_classes: int,
+                layers: Layers | None = None) -> nn.Module:
+    """The network of `cfg.model`, initialised from `cfg.seed`. `*_lcnn` models need `layers`."""
     in_ch, size, _ = input_shape
+    if cfg.variant == "lcnn" and layers is None:
+        raise ConfigError("model", f"{cfg.model} is built from the LCNN layers; build it through "
+                          "regimes.Trainer (or pass regimes.techniques.lcnn.layers(cfg))")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        if cfg.variant == "lcnn":
-            if cfg.base_model not in LCNN_BUILDERS:
-                _load_lcnn()
-            return LCNN_BUILDERS[cfg.base_model](cfg, in_ch, num_classes, size)
+        if layers is not None:
+            if cfg.base_model == "convnet":
+                return ConvNet(in_ch, num_classes, size, cfg.width, cfg.depth, norm=layers.norm, act=layers.act,
+                               conv=layers.convnet_conv, bias=False)
+            return PreActResNet18(in_ch, num_classes, cfg.width, norm=layers.norm, act=layers.act,
+                                  conv=layers.resnet_conv, bias=False)
         plain = cfg.variant == ""
         affine = cfg.variant == "si_af"
         norm = (lambda ch: None) if plain else (lambda ch: nn.BatchNorm2d(ch, affine=affine))
@@ -59,12 +77,3 @@ def freeze_head(head: nn.Linear, init_scale: float) -> None:
             head.bias.zero_()
     for p in head.parameters():
         p.requires_grad_(False)
-
-
-def _load_lcnn():
-    try:
-        from . import lcnn  # noqa: F401  (registers LCNN_BUILDERS)
-    except ImportError:
-        pass
-    if not LCNN_BUILDERS:
-        raise ConfigError("model", "the *_lcnn models are not available in this build")
