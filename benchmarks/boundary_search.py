@@ -22,7 +22,7 @@ over seeds), the ratios, and whether early stopping changed any label.
 `--train search-es --storage DIR` re-trains only the named studies and re-reads the others.
 `--replay DIR [DIR ...]` also replays early stopping on studies recorded
 elsewhere (e.g. results/demo-digits), a check of the stopping rules on
-configurations they were not tuned on. Targets (issue 6):
+configurations they were not tuned on. Targets:
 search <= 1/3 of the grid's epochs with the same boundaries within the
 resolution; early stopping saves >= 30% of epochs with unchanged labels.
 """

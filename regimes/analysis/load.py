@@ -25,16 +25,16 @@ import pyarrow.parquet as pq
 
 from .. import regime as R
 from ..errors import ConfigError
-from ..core.config import TrainConfig
+from ..core import record
+from ..core.config import NUM_CLASSES, TrainConfig
 
 SEED = "seed"
 # Config fields that never make a scientific axis even if they differ.
 NOT_AXES = (SEED, "device", "data_root", "download")
 # Classes per dataset, used only when the records lack `num_classes`.
-DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
+DATASET_CLASSES = NUM_CLASSES
 # Per-epoch measures the analysis looks at (all optional except train_loss).
-MEASURES = ("train_loss", "train_acc", "test_loss", "test_acc", "eff_grad_norm", "angular_update",
-            "si_norm", "elr", "lr")
+MEASURES = tuple(m for m in record.CORE_MEASURES if m not in ("samples_per_s", "time_s"))
 
 
 @dataclass

@@ -38,7 +38,7 @@ from ..core.config import TrainConfig
 from .load import DATASET_CLASSES, NOT_AXES, SEED, Study
 from .markdown import md_table
 
-# Sphere-mode names; in free mode the schedule drives lr -> lr_final (regimes/optim/schedules.py).
+# Sphere-mode names; in free mode the schedule drives lr -> lr_final (regimes/core/schedules.py).
 SHAPE_KEYS = {
     "constant": ("elr",),
     "step": ("elr", "milestones", "step_factor"),

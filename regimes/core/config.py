@@ -30,7 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ConfigError
 
-DATASETS = ("digits", "synthetic", "cifar10", "cifar100")
+# classes C per dataset (chance accuracy 1/C); the analysis uses it when records lack num_classes
+NUM_CLASSES = {"digits": 10, "synthetic": 10, "cifar10": 10, "cifar100": 100}
+DATASETS = tuple(NUM_CLASSES)
 BASE_MODELS = ("convnet", "resnet18")
 MODEL_VARIANTS = ("", "_si", "_si_af", "_lcnn")
 MODELS = tuple(b + v for b in BASE_MODELS for v in MODEL_VARIANTS)

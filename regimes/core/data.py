@@ -23,12 +23,11 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .config import TrainConfig
+from .config import NUM_CLASSES, TrainConfig
 
 # (crop padding in pixels, horizontal flip) per dataset. Digits are not mirror
 # symmetric, so they are only shifted.
 AUGMENT = {"digits": (1, False), "synthetic": (1, True), "cifar10": (4, True), "cifar100": (4, True)}
-NUM_CLASSES = {"digits": 10, "synthetic": 10, "cifar10": 10, "cifar100": 100}
 DATA_SEED = 0  # split and subset selection are the same for every run seed
 
 

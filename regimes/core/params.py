@@ -163,7 +163,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 def _is_norm(m) -> bool:
     # `normalizes_input`: the module's output is invariant to the scale of its input
-    # (regimes.models.lcnn.LipschitzBatchNorm2d)
+    # (regimes.techniques.lcnn_layers.LipschitzBatchNorm2d)
     return isinstance(m, _NORM_MODULES) or getattr(type(m), "normalizes_input", False)
 
 

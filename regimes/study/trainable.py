@@ -1,4 +1,4 @@
-"""The Ray Tune function trainable: a thin adapter around `regimes.train.Trainer`.
+"""The Ray Tune function trainable: a thin adapter around `regimes.Trainer`.
 
 One trial = one TrainConfig (the study's `base` + the trial's point of the
 space). Each `tune.report` carries the epoch records since the previous report
@@ -50,7 +50,7 @@ WORST = 1e9                      # stand-in for a non-finite objective that is n
 def finite_objective(metric: str, value, num_classes: int, mode: str) -> float:
     """The value a searcher sees for a non-finite `metric` of a diverged trial.
 
-    A diverged net is a random guesser (DESIGN.md, "Regimes"), so losses get
+    A diverged net is a random guesser (regimes.regime), so losses get
     the cross-entropy of the uniform prediction, ln(C), and accuracies chance,
     1/C. Anything else gets the worst value for its direction.
     """

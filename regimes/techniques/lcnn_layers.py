@@ -15,7 +15,7 @@
   a <- a * min(1, gamma / max_i |a_i|) ("clip": Lipschitz constant <= gamma,
   untouched when already below). The joint rescale keeps the ratios between
   channels, which a per-channel clamp would not. The penalty |log gamma|
-  (regimes.penalties) pulls gamma towards 1. var is the batch variance in
+  (regimes.techniques.lcnn) pulls gamma towards 1. var is the batch variance in
   train mode and the running variance in eval mode, so the bound holds for the
   map actually applied.
 * `SpectralConv2d`: a Conv2d whose weight is divided by the spectral norm

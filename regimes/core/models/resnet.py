@@ -4,7 +4,7 @@ Block: norm -> act -> conv3x3(stride) -> norm -> act -> conv3x3, plus the
 identity or a 1x1 conv shortcut taken from the pre-activated input. A final
 norm -> act -> global average pool -> linear head. With non-affine BN the convs
 are scale-invariant only jointly: a residual sum carries the scale of every
-conv before it forward to the next BN (see regimes.params).
+conv before it forward to the next BN (see regimes.core.params).
 """
 from __future__ import annotations
 
