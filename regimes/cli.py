@@ -31,8 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_main)
 
-    _add_layer_commands(sub, argv if argv is not None else sys.argv[1:])
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _add_layer_commands(sub, argv)
+    # options and key=value pairs of `train` mix freely (`train epochs=1 --quiet out=D`)
+    args = p.parse_intermixed_args(argv[1:]) if argv[:1] == ["train"] else parser.parse_args(argv)
     try:
         return args.func(args) or 0
     except ConfigError as e:
@@ -69,23 +71,39 @@ def _add_layer_commands(sub, argv: list[str]) -> None:
 
 # --- train -------------------------------------------------------------------
 def _train_main(args) -> int:
-    from . import results
-    from .run import Trainer
+    # every check before torch is imported and before anything is written
+    from .study.spec.files import check_writable, name_problem, read_yaml
 
-    overrides = list(args.overrides)
-    out = args.out
-    rest = []
-    for tok in overrides:
-        if tok.startswith("out="):
+    out, rest, given = args.out, [], {}
+    for tok in args.overrides:
+        key = tok.split("=", 1)[0].strip()
+        if "=" in tok and key in given:
+            raise ConfigError(key, f"given twice ({given[key]} and {tok}); give each key once")
+        given[key] = tok
+        if key == "out" and "=" in tok:
+            if args.out is not None:
+                raise ConfigError("out", f"given twice (--out {args.out} and {tok}); give it once")
             out = tok.split("=", 1)[1]
         else:
             rest.append(tok)
+    problem = name_problem(args.name, "trial id")
+    if problem:
+        raise ConfigError("--name", problem)
     base = {}
     if args.config:
-        base = TrainConfig.from_yaml(args.config).to_dict()
+        data = read_yaml(args.config, "a YAML file of config fields")
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(args.config, f"expected a mapping of config fields, got {type(data).__name__}")
+        base = TrainConfig.from_dict(data or {}).to_dict()
     cfg = TrainConfig.from_cli(rest, base=base)
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise ConfigError("out", f"{out} exists and is not a folder")
+    if out is not None:
+        if not out.strip():
+            raise ConfigError("out", "empty; expected a folder (created if missing)")
+        check_writable(out, "out")
+
+    from . import results
+    from .run import Trainer
+
     trainer = Trainer(cfg)
     records = []
     bar = None

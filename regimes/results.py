@@ -21,7 +21,7 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterable
 
@@ -81,10 +81,16 @@ def read_epochs(root) -> pa.Table:
 
 
 def atomic_write(table: pa.Table, path: Path) -> Path:
-    """Write `table` to `path` via a temp file in the same folder and os.replace."""
+    """Write `table` to `path` via a temp file in the same folder and os.replace.
+
+    The temp file is hidden and does not end in `.parquet` (`.<name>.<random>.part`), so
+    no reader's glob (`epochs/*/*.parquet`, `**/*.parquet`) or dataset discovery ever
+    sees a half-written file; the rename is atomic, so a reader sees the old or the new
+    file, never a torn one. It is created with the process's umask (not mkstemp's 0600),
+    so collaborators on a shared volume can read the results.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.part"
     try:
         pq.write_table(table, tmp)
         os.replace(tmp, path)

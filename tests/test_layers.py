@@ -40,7 +40,11 @@ def _imports(path: Path, top_level_only: bool = False) -> set[str]:
     tree = ast.parse(path.read_text())
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    # imports under `if TYPE_CHECKING:` are for annotations only: never executed
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+                   for stmt in node.body for n in ast.walk(stmt)}
+    nodes = tree.body if top_level_only else [n for n in ast.walk(tree) if id(n) not in typing_only]
     out = set()
     for node in nodes:
         if isinstance(node, ast.Import):

@@ -32,6 +32,14 @@ from ..errors import ConfigError
 
 # classes C per dataset (chance accuracy 1/C); the analysis uses it when records lack num_classes
 NUM_CLASSES = {"digits": 10, "synthetic": 10, "cifar10": 10, "cifar100": 100}
+# training examples per dataset (regimes/core/data.py; digits: its fixed 80% split): bounds batch_size and subset
+TRAIN_EXAMPLES = {"digits": 1438, "synthetic": 1024, "cifar10": 50000, "cifar100": 50000}
+MAX_EPOCHS = 100_000      # a longer run is a typo (and its per-step rate array would not fit in memory)
+# The largest rate, weight decay, or any float field (check_value): far above any divergence (a free-mode
+# lr of 1e6 diverges in one epoch) and, times the sphere's rho0^2, still far below float32's largest
+# number (3.4e38), beyond which torch's SGD step raises instead of diverging
+MAX_RATE = 1e30
+MAX_INT = 2**63 - 1       # every integer field is an int64 Parquet column
 DATASETS = tuple(NUM_CLASSES)
 BASE_MODELS = ("convnet", "resnet18")
 MODEL_VARIANTS = ("", "_si", "_si_af", "_lcnn")
@@ -68,6 +76,16 @@ class DataFields(_Group):
     subset: int = knob(0, "train on the first N shuffled training examples (0 = all)", min=0)
     batch_size: int = knob(128, "minibatch size (examples)", min=1)
 
+    def _check_data(self):
+        n = TRAIN_EXAMPLES[self.dataset]
+        if self.subset > n:
+            raise ConfigError("subset", f"{self.subset} is larger than the {n} training examples of "
+                              f"{self.dataset}; allowed: 0 (all) .. {n}")
+        if self.batch_size > (self.subset or n):
+            what = f"subset of {self.subset}" if self.subset else f"{n} training examples of {self.dataset}"
+            raise ConfigError("batch_size", f"{self.batch_size} is larger than the {what}; "
+                              f"allowed: 1 .. {self.subset or n}")
+
 
 class ModelFields(_Group):
     model: str = knob("convnet_si", "architecture; *_si: fully scale-invariant (BN affine off, head frozen "
@@ -87,21 +105,24 @@ class OptimFields(_Group):
     mode: str = knob("sphere", "sphere: fixed ELR on the sphere of radius rho0; "
                      "free: plain SGD with lr, wd, momentum", choices=MODES)
     elr: float = knob(1e-3, "sphere mode: effective learning rate (per step, unit-norm SI weights)",
-                      min=0.0, min_open=True)
-    lr: float = knob(0.01, "free mode: learning rate of plain SGD", min=0.0, min_open=True)
-    wd: float = knob(0.0, "weight decay (free mode; in sphere mode only non-SI params see it)", min=0.0)
+                      min=0.0, min_open=True, max=MAX_RATE)
+    lr: float = knob(0.01, "free mode: learning rate of plain SGD", min=0.0, min_open=True, max=MAX_RATE)
+    wd: float = knob(0.0, "weight decay (free mode; in sphere mode only non-SI params see it)", min=0.0,
+                     max=MAX_RATE)
     momentum: float = knob(0.0, "heavy-ball momentum (torch SGD convention), 0 <= m < 1", min=0.0, max=0.999999)
     noninv_lr: float = knob(0.0, "lr of non-scale-invariant params in sphere mode: 0 = frozen, "
                             "-1 = same lr as the SI params (elr * rho0^2)", min=0.0, allow=(-1.0,))
-    epochs: int = knob(30, "number of epochs", min=1)
+    epochs: int = knob(30, "number of epochs", min=1, max=MAX_EPOCHS)
     seed: int = knob(0, "seed of init, data order and augmentation", min=0)
 
 
 class ScheduleFields(_Group):
     """The per-step rate schedule (formulas in regimes/core/schedules.py): drives elr or lr."""
     schedule: str = knob("constant", "per-step rate schedule", choices=SCHEDULES)
-    elr_final: float = knob(0.0, "sphere mode: final ELR of linear/cosine/exponential/two_phase", min=0.0)
-    lr_final: float = knob(0.0, "free mode: final lr of linear/cosine/exponential/two_phase", min=0.0)
+    elr_final: float = knob(0.0, "sphere mode: final ELR of linear/cosine/exponential/two_phase", min=0.0,
+                            max=MAX_RATE)
+    lr_final: float = knob(0.0, "free mode: final lr of linear/cosine/exponential/two_phase", min=0.0,
+                           max=MAX_RATE)
     milestones: tuple[float, ...] = knob((0.5, 0.75), "step: fractions of training at which the rate is "
                                          "multiplied by step_factor")
     step_factor: float = knob(0.1, "step: factor applied at each milestone", min=0.0, min_open=True)
@@ -109,7 +130,8 @@ class ScheduleFields(_Group):
                               min=0.0, max=1.0)
     knots: tuple[tuple[float, float], ...] = knob((), "piecewise: [[fraction, rate], ...]; log-rate "
                                                   "interpolated between knots")
-    warmup_epochs: float = knob(0.0, "linear warm-up from 0 over this many epochs (any schedule)", min=0.0)
+    warmup_epochs: float = knob(0.0, "linear warm-up from 0 over this many epochs (any schedule)", min=0.0,
+                                max=MAX_EPOCHS)
 
     def _check_schedule(self):
         final_key = "elr_final" if self.mode == "sphere" else "lr_final"
@@ -122,11 +144,15 @@ class ScheduleFields(_Group):
                                   f"e.g. [0.5, 0.75]; got {ms!r}")
             if ms != sorted(ms):
                 raise ConfigError("milestones", f"must be increasing; got {ms!r}")
+            rate = self.elr if self.mode == "sphere" else self.lr
+            if math.log(rate) + len(ms) * math.log(self.step_factor) > math.log(MAX_RATE):
+                raise ConfigError("step_factor", f"{self.step_factor:g} at each of {len(ms)} milestones takes the "
+                                  f"rate above {MAX_RATE:g}; allowed: rate * step_factor^milestones <= {MAX_RATE:g}")
         if self.schedule == "piecewise":
             ks = [list(k) for k in self.knots]
-            if not ks or not all(0 <= f <= 1 and r > 0 for f, r in ks):
+            if not ks or not all(0 <= f <= 1 and 0 < r <= MAX_RATE for f, r in ks):
                 raise ConfigError("knots", "schedule=piecewise needs [[fraction, rate], ...] with fractions in "
-                                  f"[0, 1] and rates > 0; got {ks!r}")
+                                  f"[0, 1] and rates in (0, {MAX_RATE:g}]; got {ks!r}")
             if [k[0] for k in ks] != sorted(k[0] for k in ks) or len({k[0] for k in ks}) != len(ks):
                 raise ConfigError("knots", f"fractions must be strictly increasing; got {ks!r}")
 
@@ -374,7 +400,9 @@ def allowed_text(name: str, cls=None) -> str:
 
 
 def check_value(cls, name: str, value) -> None:
-    """Choices, range and finiteness of one (typed) field value; raises ConfigError."""
+    """Choices, range and finiteness of one (typed) field value; raises ConfigError.
+    Beyond its own range, every float is at most MAX_RATE in size and every integer fits
+    64 bits (see MAX_RATE and MAX_INT)."""
     m = _meta(cls, name)
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(name, f"must be finite, got {value!r}")
@@ -385,6 +413,11 @@ def check_value(cls, name: str, value) -> None:
     lo, hi = m.get("min"), m.get("max")
     if (lo is not None and (value < lo or (m["min_open"] and value == lo))) or (hi is not None and value > hi):
         raise ConfigError(name, f"{value!r} is out of range; allowed: {allowed_text(name, cls)}")
+    if isinstance(value, float) and abs(value) > MAX_RATE:
+        raise ConfigError(name, f"{value!r} is out of range; allowed: {allowed_text(name, cls)}, "
+                          f"at most {MAX_RATE:g}")
+    if type(value) is int and abs(value) > MAX_INT:
+        raise ConfigError(name, f"{value} is out of range; allowed: a 64-bit integer (at most {MAX_INT})")
 
 
 def unknown_key_message(key: str, known) -> str:

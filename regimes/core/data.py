@@ -141,15 +141,27 @@ CIFAR_LAYOUT = {
 }
 
 
+def check_on_disk(cfg: TrainConfig) -> None:
+    """ConfigError('data_root') if `cfg`'s dataset has files and they are not all under
+    data_root. Reads no data: a study checks its configs with it before Ray starts."""
+    if cfg.dataset not in CIFAR_LAYOUT:
+        return
+    folder, train_files, test_files, _ = CIFAR_LAYOUT[cfg.dataset]
+    base = os.path.join(cfg.data_root, folder)
+    if not os.path.isdir(base):
+        raise ConfigError("data_root", f"{base} not found: put torchvision's {folder}/ under "
+                          f"data_root={cfg.data_root!r} or set download=true")
+    for name in train_files + test_files:
+        if not os.path.isfile(os.path.join(base, name)):
+            raise ConfigError("data_root", f"{os.path.join(base, name)} is missing (incomplete {folder}/)")
+
+
 def _cifar(cfg):
     folder, train_files, test_files, label_key = CIFAR_LAYOUT[cfg.dataset]
     base = os.path.join(cfg.data_root, folder)
-    if not os.path.isdir(base):
-        if cfg.download:
-            _download_cifar(cfg)
-        else:
-            raise ConfigError("data_root", f"{base} not found: put torchvision's {folder}/ under "
-                              f"data_root={cfg.data_root!r} or set download=true")
+    if not os.path.isdir(base) and cfg.download:
+        _download_cifar(cfg)
+    check_on_disk(cfg)
 
     def read(names):
         xs, ys = [], []

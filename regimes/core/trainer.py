@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import pickle
 import time
 from typing import Callable, Iterator, Sequence
 
@@ -289,7 +290,24 @@ class Trainer:
         torch.save(self.state_dict(), path)
 
     def restore(self, path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        """Load a checkpoint written by `save`. It is read with torch's weights-only loader:
+        tensors and plain containers (dict, list, tuple, str, numbers, None) only, so a
+        checkpoint file from someone else's study folder cannot run code. A file holding
+        anything else (a planted pickle, or an object our format never contained) is refused."""
+        self.load_state_dict(load_checkpoint(path, self.device))
+
+
+def load_checkpoint(path, device=None) -> dict:
+    """A checkpoint's state dict, read without executing anything in the file
+    (`torch.load(weights_only=True)`); ConfigError when the file holds more than tensors
+    and plain containers."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        reason = msg.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if msg else "unreadable"
+        raise ConfigError("checkpoint", f"{path} holds more than tensors and plain containers "
+                          f"({reason[:200]}); it is not loaded, since unpickling it could run code") from None
 
 
 def _frozen(v):

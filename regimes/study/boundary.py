@@ -31,22 +31,23 @@ its edges are refined too; the report steps over it.
 
 The search ends when every bracket of every line is within `resolution` (or
 the budget is spent). Every probe is an ordinary trial: the ParquetSink writes
-it like any other. The searcher state (lines, probes, labels) is pickled with
-Tune's experiment snapshot (save/restore), so `Tuner.restore` resumes the
-search; `boundary_search.json` in the study folder lists each line's brackets.
+it like any other. The searcher state (lines, probes, labels) is saved as JSON
+with Tune's experiment snapshot (save/restore; never a pickle, so restoring it
+runs nothing from the file), so `Tuner.restore` resumes the search;
+`boundary_search.json` in the study folder lists each line's brackets.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ray.tune.search import Searcher
 
+from regimes.errors import ConfigError
 from regimes.regime import UNRESOLVED
 
 from .storage import BOUNDARIES
@@ -54,6 +55,7 @@ from .trainable import REGIME_KEY      # the label the trainable reports with a 
 
 ERRORED = "errored"            # a probe whose trial failed: splits gaps, brackets nothing
 SUMMARY_FILE = BOUNDARIES
+STATE_FORMAT = "regimes-boundary-search-1"   # the searcher state file (JSON), see BoundarySearch.save
 
 
 def log_grid(lo: float, hi: float, n: int) -> list[float]:
@@ -114,7 +116,7 @@ class BoundarySearch(Searcher):
 
     def __init__(self, axis: str, lo: float, hi: float, resolution: float, budget: int,
                  probes_per_round: int, initial: int, lines: list[dict],
-                 summary_dir: str | os.PathLike | None = None, on_summary=None):
+                 summary_dir: str | os.PathLike | None = None, on_summary=None, store=None):
         super().__init__(metric=None, mode=None)
         self.axis, self.lo, self.hi = axis, float(lo), float(hi)
         self.resolution, self.budget = float(resolution), int(budget)
@@ -124,12 +126,15 @@ class BoundarySearch(Searcher):
         self.suggested = 0
         self.summary_dir = None if summary_dir is None else str(summary_dir)
         self.on_summary = on_summary                        # called after the summary file is written
+        # a study's searcher writes into its store's folder: the store unpickles as the one the
+        # study runs from now (storage.StudyStore), so a copied or moved study follows along
+        self.store = store
 
     @classmethod
-    def from_study(cls, study, summary_dir=None, on_summary=None) -> "BoundarySearch":
+    def from_study(cls, study, summary_dir=None, on_summary=None, store=None) -> "BoundarySearch":
         lo, hi = study.axis_range
         return cls(study.axis, lo, hi, study.resolution, study.budget, study.probes_per_round,
-                   study.initial, list(study.grid_points()), summary_dir, on_summary)
+                   study.initial, list(study.grid_points()), summary_dir, on_summary, store)
 
     # --- Tune's Searcher interface ------------------------------------------
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -175,22 +180,42 @@ class BoundarySearch(Searcher):
         return any(line.pending or line.queue for line in self.lines)
 
     def get_state(self) -> dict[str, Any]:
-        return {"lines": self.lines, "trials": self.trials, "suggested": self.suggested}
+        """The search state as plain JSON data (floats round-trip exactly through json)."""
+        return {"format": STATE_FORMAT,
+                "lines": [{"point": line.point, "labels": sorted(line.labels.items()),
+                           "pending": sorted(line.pending), "queue": list(line.queue)} for line in self.lines],
+                "trials": {tid: [i, x] for tid, (i, x) in self.trials.items()},
+                "suggested": self.suggested}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.lines, self.trials, self.suggested = state["lines"], state["trials"], state["suggested"]
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a boundary search state (format {STATE_FORMAT})")
+        self.lines = [Line(dict(d["point"]), labels={float(x): str(lab) for x, lab in d["labels"]},
+                           pending={float(x) for x in d["pending"]}, queue=[float(x) for x in d["queue"]])
+                      for d in state["lines"]]
+        self.trials = {str(tid): (int(i), float(x)) for tid, (i, x) in state["trials"].items()}
+        self.suggested = int(state["suggested"])
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as fh:
-            pickle.dump(self.get_state(), fh)
+        # JSON, never a pickle: resuming reads it back without running anything in the file
+        with open(checkpoint_path, "w") as fh:
+            json.dump(self.get_state(), fh)
         # Tune saves into its driver staging copy of the experiment folder and uploads that
         # folder to the storage, over our file: keep a current summary in it too (after a
         # restore the staging copy holds the summary as it was when the study was resumed).
         self._write_summary_to(Path(checkpoint_path).parent)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as fh:
-            self.set_state(pickle.load(fh))
+        """Read the state `save` wrote. Only JSON is read: a pickle here (the format before
+        the state became JSON, or a planted file) is refused, not unpickled."""
+        data = Path(checkpoint_path).read_bytes()
+        try:
+            self.set_state(json.loads(data))
+        except (ValueError, TypeError, KeyError, AttributeError):   # bad JSON (or not text) is a ValueError
+            old = " (a pickle: written before the searcher state became JSON)" if data[:1] == b"\x80" else ""
+            raise ConfigError(checkpoint_path, f"is not a boundary search state{old}; it is not loaded, "
+                              "since unpickling it could run code; rerun with --restart to start "
+                              "the study over") from None
 
     # --- results ---------------------------------------------------------------
     def brackets(self) -> list[dict]:
@@ -204,6 +229,10 @@ class BoundarySearch(Searcher):
                 "lines": [line.summary(self.resolution) for line in self.lines]}
 
     def write_summary(self) -> None:
+        if self.store is not None:
+            self._write_summary_to(self.store.local_dir)
+            self.store.push(SUMMARY_FILE)
+            return
         if self.summary_dir is None:
             return
         self._write_summary_to(Path(self.summary_dir))

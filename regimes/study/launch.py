@@ -22,6 +22,7 @@ from regimes.errors import ConfigError
 
 from . import spec as spec_mod
 from .spec import Study
+from .lock import StudyLock
 from .storage import SPEC_COPY, StudyStore
 
 
@@ -29,7 +30,8 @@ from .storage import SPEC_COPY, StudyStore
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="study spec (YAML), e.g. studies/demo_digits.yaml")
     p.add_argument("--address", default=None,
-                   help="Ray cluster to join: 'auto' on a `ray up` cluster; default: start Ray in-process")
+                   help="Ray cluster to join: 'auto' on a `ray up` cluster; default: start Ray in-process, "
+                        "and then each trial's resources and its data must be on this machine")
     p.add_argument("--storage", default="results",
                    help="root of everything the study writes (Ray state, checkpoints, Optuna journal, Parquet): "
                         "a local/NFS folder or a URI such as s3://bucket/path; default: results")
@@ -41,14 +43,33 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def sweep_main(args) -> int:
+    from .spec import preflight
+
     study = spec_mod.load(args.spec)
     if args.num_cpus is not None and args.num_cpus < 1:
         raise ConfigError("--num-cpus", f"{args.num_cpus} is out of range; allowed: >= 1")
     store = StudyStore(args.storage, study.name)
+    # what this machine must provide, before Ray starts and before anything is written
+    preflight.check_storage(args.storage, study.name)
+    preflight.check_resources(study, args.address, args.num_cpus)
+    problems = preflight.data_problems(study)
+    if problems and not args.address:       # Ray in-process: the trials read this disk
+        raise problems[0]
+    for e in problems:
+        print(f"warning: {e} (on this machine; the cluster's nodes that run trials need it)", file=sys.stderr)
+    if not args.restart:
+        preflight.check_same_spec(study, args.storage, lambda: _resumable(store))
     print(_summary_line(args.spec, study))
     grid = run_study(study, store, address=args.address, restart=args.restart,
                      num_cpus=args.num_cpus, verbose=0 if args.quiet else 1)
     return report(study, store, grid)
+
+
+def _resumable(store: StudyStore) -> bool:
+    """Ray Tune has state to resume the study from (imports Ray Tune; starts nothing)."""
+    from ray import tune
+
+    return tune.Tuner.can_restore(store.study_path)
 
 
 def add_validate_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,10 +77,29 @@ def add_validate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def validate_main(args) -> int:
+    """Every file, one line each: `<file>: ok - ...` on stdout or `error: <file>: <key>: ...` on
+    stderr (one file: `error: <key>: ...`, as `sweep` says it); exit code 2 if any is bad.
+    Data missing on this machine is a warning (a study may be meant for a cluster whose
+    nodes have it)."""
+    from .spec import preflight
+
+    bad = 0
     for path in args.specs:
-        study = spec_mod.load(path)
+        try:
+            study = spec_mod.load(path)
+        except ConfigError as e:
+            bad += 1
+            if e.key == str(Path(path)):          # the file itself (missing, not YAML, ...)
+                line = f"{path}: {e.message}"
+            else:
+                line = f"{path}: {e}" if len(args.specs) > 1 else str(e)
+            print(f"error: {line}", file=sys.stderr)
+            continue
         print(_summary_line(path, study))
-    return 0
+        for e in preflight.data_problems(study):
+            print(f"warning: {path}: {e} (on this machine; `regimes sweep` without --address refuses this)",
+                  file=sys.stderr)
+    return 2 if bad else 0
 
 
 def _summary_line(path, study: Study) -> str:
@@ -90,20 +130,26 @@ def _print_brackets(store: StudyStore) -> None:
 def run_study(study: Study, store: StudyStore | str = "results", *, address: str | None = None,
               restart: bool = False, num_cpus: int | None = None, verbose: int = 1,
               callbacks: tuple = ()):
-    """Run (or resume) `study`; returns Tune's ResultGrid. Starts Ray in-process unless it is up."""
-    import ray
-    from ray import tune
-
-    from .trainable import run_trial
-
+    """Run (or resume) `study`; returns Tune's ResultGrid. Starts Ray in-process unless it is up.
+    Holds the study's lock throughout: a second driver of the same study is refused."""
     if isinstance(store, str):
         store = StudyStore(store, study.name)
     # The Parquet sink is the record: Tune keeps only its result.json per trial (no CSV/TensorBoard
     # copies, which would also choke on the list of records in each report).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if restart:
-        store.delete_all()
+    with StudyLock(store):        # one driver per study folder, before anything is touched
+        if restart:
+            store.delete_all()
+        return _run_locked(study, store, address=address, num_cpus=num_cpus, verbose=verbose,
+                           callbacks=callbacks)
+
+
+def _run_locked(study: Study, store: StudyStore, *, address, num_cpus, verbose, callbacks):
+    import ray
+    from ray import tune
+
+    from .trainable import run_trial
 
     started = False
     if not ray.is_initialized():
@@ -111,6 +157,7 @@ def run_study(study: Study, store: StudyStore | str = "results", *, address: str
         ray.init(address=address or "local", num_cpus=None if address else num_cpus,
                  include_dashboard=False, log_to_driver=verbose > 0)
         started = True
+    store.make_current()      # pickled sinks and searchers resolve to where the study is now
     try:
         trainable = tune.with_resources(tune.with_parameters(run_trial, study=study),
                                         {"cpu": study.cpu, "gpu": study.gpu})
@@ -138,6 +185,7 @@ def _new_tuner(study: Study, store: StudyStore, trainable, verbose: int, callbac
 
     from .search import make_scheduler, make_searcher
     from .sink import ParquetSink
+    from .trainable import ConfigErrorsFailOnce
 
     if study.kind == "grid":
         param_space = {k: tune.grid_search(list(v)) for k, v in study.space.items()}
@@ -145,10 +193,10 @@ def _new_tuner(study: Study, store: StudyStore, trainable, verbose: int, callbac
     elif study.kind == "boundary":
         from .boundary import BoundarySearch
 
-        search_alg = BoundarySearch.from_study(study, summary_dir=store.local_dir, on_summary=store.push)
+        search_alg = BoundarySearch.from_study(study, store=store)
         param_space, num_samples = {}, study.budget
     else:
-        param_space, search_alg, num_samples = {}, make_searcher(study, store.journal_path), study.num_samples
+        param_space, search_alg, num_samples = {}, make_searcher(study, store.journal_path, store), study.num_samples
     run_config = tune.RunConfig(
         name=study.name,
         storage_path=store.ray_storage_path,
@@ -157,7 +205,8 @@ def _new_tuner(study: Study, store: StudyStore, trainable, verbose: int, callbac
         # finished resumes from its final checkpoint and is not trained again.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=study.max_failures),
-        callbacks=[ParquetSink(study, store), JsonLoggerCallback(), *callbacks],
+        callbacks=[ParquetSink(study, store), ConfigErrorsFailOnce(study.max_failures), JsonLoggerCallback(),
+                   *callbacks],
         verbose=verbose,
     )
     tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=make_scheduler(study),
@@ -177,9 +226,12 @@ def _set_aside_damaged_tune_state(study: Study, store: StudyStore) -> None:
     copy leaves a truncated file, and Tune would then silently start the
     experiment over in the same folder. A damaged newest set is moved to
     `.damaged-<session>/` so Tune falls back to the previous session's set.
+    A file is judged without being run: a pickle by walking its opcodes (it must
+    end in STOP with nothing after), never by unpickling it.
     """
+    import io
     import json
-    import pickle
+    import pickletools
 
     if store.remote:
         return      # object stores write whole objects: no torn files
@@ -190,6 +242,15 @@ def _set_aside_damaged_tune_state(study: Study, store: StudyStore) -> None:
         for f in folder.glob(f"{prefix}*"):
             sessions.setdefault(f.name[len(prefix):].rsplit(".", 1)[0], []).append(f)
 
+    def complete_pickle(data: bytes) -> bool:
+        """The opcodes decode up to a final STOP and nothing follows (pickletools only
+        decodes; no object is built, no global looked up). A torn file has no STOP."""
+        stream = io.BytesIO(data)
+        last = None
+        for last, _, _ in pickletools.genops(stream):    # raises on a truncated opcode or argument
+            pass
+        return last is not None and last.name == "STOP" and not stream.read()
+
     def intact(files: list[Path]) -> bool:
         if len(files) != len(families):
             return False
@@ -197,7 +258,11 @@ def _set_aside_damaged_tune_state(study: Study, store: StudyStore) -> None:
             for f in files:
                 data = f.read_bytes()
                 # some of Tune's ".json" files are pickles (protocol 2+ starts with 0x80)
-                pickle.loads(data) if data[:1] == b"\x80" else json.loads(data)
+                if data[:1] == b"\x80":
+                    if not complete_pickle(data):
+                        return False
+                else:
+                    json.loads(data)
         except Exception:  # any unreadable file: a torn write
             return False
         return True

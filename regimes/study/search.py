@@ -64,9 +64,25 @@ class ResumableOptunaSearch(OptunaSearch):
         except UpdateFinishedTrialError:
             self._completed_trials.add(trial_id)
 
+    def restore(self, checkpoint_path: str):
+        """Ray's restore brings back the Optuna study on the journal it was pickled with; a
+        copied or moved study must use the journal where the study is now (its store
+        unpickles as the current one, see storage.StudyStore)."""
+        super().restore(checkpoint_path)
+        store = getattr(self, "study_store", None)
+        if store is None or self._ot_study is None:
+            return
+        import optuna
 
-def make_searcher(study: Study, journal: Path):
-    """OptunaSearch on the study's journal, limited to `max_concurrent` live trials."""
+        self._storage = optuna_storage(store.journal_path)
+        self._ot_study = optuna.load_study(study_name=self._ot_study.study_name, storage=self._storage,
+                                           sampler=self._sampler)
+        self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, t._trial_id) for tid, t in self._ot_trials.items()}
+
+
+def make_searcher(study: Study, journal: Path, store=None):
+    """OptunaSearch on the study's journal, limited to `max_concurrent` live trials. With the
+    study's `store`, a resumed searcher follows the study to wherever it is now."""
     from ray.tune.search import ConcurrencyLimiter
 
     single = not study.multi_objective
@@ -78,6 +94,7 @@ def make_searcher(study: Study, journal: Path):
         study_name=study.name,
         storage=optuna_storage(journal),
     )
+    searcher.study_store = store
     return ConcurrencyLimiter(searcher, max_concurrent=study.max_concurrent)
 
 

@@ -7,7 +7,11 @@ idempotent across every kind of restart:
 - a trial retried from a checkpoint at epoch k reports k+1, k+2, ... again:
   a report starting at epoch e first drops the trial's rows >= e;
 - a resumed driver (Tuner.restore) starts with empty memory: the first time it
-  sees a trial it reloads that trial's rows from its file.
+  sees a trial it reloads that trial's rows from its file, or, when the file is
+  missing or damaged (set aside), from the records saved with the trial's last
+  checkpoint (the trial then re-reports the epochs after it);
+- the sink writes where the study is now (a copied or moved study folder
+  resumes into itself: see storage.StudyStore).
 Rows are persisted before Tune's next experiment snapshot, so a trial never
 resumes from a checkpoint later than its last written row: nothing is lost.
 
@@ -16,7 +20,9 @@ trial starts, ends or fails, and at the end of the experiment.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -28,7 +34,7 @@ from regimes.core.config import TrainConfig
 
 from .spec import Study
 from .storage import StudyStore
-from .trainable import DECIDED_KEY, RECORDS_KEY
+from .trainable import DECIDED_KEY, RECORDS_FILE, RECORDS_KEY
 
 log = logging.getLogger(__name__)
 _ROW_ONLY = ("study", "schema_version", "trial_id")
@@ -71,19 +77,37 @@ class ParquetSink(tune.Callback):
         self._where: dict[str, dict] = {}                 # trial_id -> host/device it last ran on
         self._versions: dict | None = None
         self._resumed = False
+        self._failures: dict[str, int] = {}    # trial_id -> failures recorded by earlier drivers
+        self._stepping = False                 # inside a step of Tune's event loop (see on_step_begin)
+        self._looped = False                   # Tune's loop has run a step with this sink
+        self._after_loop: set[str] = set()     # trials that ended after Tune's final snapshot
 
     def __getstate__(self):        # Tune pickles callbacks with the run config: no rows in there
-        return {**self.__dict__, "_records": {}, "_where": {}, "_resumed": False}
+        return {**self.__dict__, "_records": {}, "_where": {}, "_resumed": False, "_failures": {},
+                "_stepping": False, "_looped": False, "_after_loop": set()}
 
     def _load_previous_where(self) -> None:
-        """Host/device of trials that ran under a previous driver, from its trials.parquet."""
+        """Host/device and failure counts of trials that ran under a previous driver."""
         self._resumed = True
         path = self.store.local_dir / "trials.parquet"
-        if path.exists():
-            for r in pq.read_table(path, columns=["trial_id", "host", "device"]).to_pylist():
-                self._where.setdefault(r["trial_id"], {"host": r["host"], "device": r["device"]})
+        table = _read_or_set_aside(path)       # rebuilt from the trials' rows when damaged
+        if table is not None:
+            cols = [c for c in ("trial_id", "host", "device", "num_failures") if c in table.column_names]
+            for r in table.select(cols).to_pylist():
+                self._where.setdefault(r["trial_id"], {"host": r.get("host"), "device": r.get("device")})
+                self._failures[r["trial_id"]] = int(r.get("num_failures") or 0)
 
     # --- Tune hooks ----------------------------------------------------------
+    # Tune's loop ends with a final experiment snapshot, then stops the trials still running
+    # (on Ctrl-C); results and completions handled then are newer than the snapshot, and a
+    # resumed Tune will run those trials again from their last checkpoint. Such a trial is
+    # recorded as `running`, as the resumed study will see it, not as finished.
+    def on_step_begin(self, iteration, trials, **info):
+        self._stepping = self._looped = True
+
+    def on_step_end(self, iteration, trials, **info):
+        self._stepping = False
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self._write_trials(trials)
 
@@ -102,6 +126,8 @@ class ParquetSink(tune.Callback):
         self._write_epochs(trial)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if self._looped and not self._stepping:
+            self._after_loop.add(trial.trial_id)
         self._write_trials(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -125,14 +151,23 @@ class ParquetSink(tune.Callback):
         return self.study.config(trial.config)
 
     def _trial_records(self, trial) -> dict[int, dict]:
+        """The trial's records. The first time a driver sees a trial they come from its
+        Parquet file (written by an earlier driver); a missing or damaged file (set aside)
+        is rebuilt from the records saved with the trial's last checkpoint."""
         tid = trial.trial_id
         if tid not in self._records:
             self._records[tid] = {}
-            path = self.epoch_file(tid)
-            if path.exists():      # written before this driver started: resume
-                rows = pq.read_table(path, partitioning=None).to_pylist()
-                for rec in rows_to_records(rows, self._config(trial)):
+            table = _read_or_set_aside(self.epoch_file(tid))
+            if table is not None:
+                for rec in rows_to_records(table.to_pylist(), self._config(trial)):
                     self._records[tid][rec["epoch"]] = rec
+            else:
+                saved = _checkpoint_records(trial)
+                if saved:
+                    log.warning("rebuilding the rows of trial %s (epochs 1-%d) from its checkpoint",
+                                tid, saved[-1]["epoch"])
+                    self._records[tid] = {rec["epoch"]: rec for rec in saved}
+                    self._write_epochs(trial)
         return self._records[tid]
 
     def _write_epochs(self, trial) -> None:
@@ -150,13 +185,15 @@ class ParquetSink(tune.Callback):
             if not records and trial.status not in ("ERROR", "RUNNING"):
                 continue           # pending: nothing to say yet
             cfg = self._config(trial)
-            extra = {**self._provenance(), **self._where.get(trial.trial_id, {}),
-                     "num_failures": int(getattr(trial, "num_failures", 0))}
+            # Tune's count can restart at 0 when an errored trial is resumed: keep the larger
+            failures = max(int(getattr(trial, "num_failures", 0)), self._failures.get(trial.trial_id, 0))
+            extra = {**self._provenance(), **self._where.get(trial.trial_id, {}), "num_failures": failures}
             if records and records[-1].get(DECIDED_KEY):
                 extra["regime"] = records[-1][DECIDED_KEY]    # the report relabels every trial later
-            rows.append(results.trial_summary(cfg, records, self.study.name, trial.trial_id,
-                                              trial_status(trial.status, records, cfg,
-                                                           scheduled=self.study.scheduler is not None),
+            status = trial_status(trial.status, records, cfg, scheduled=self.study.scheduler is not None)
+            if trial.trial_id in self._after_loop and status != "errored":
+                status = "running"
+            rows.append(results.trial_summary(cfg, records, self.study.name, trial.trial_id, status,
                                               extra=extra))
         if not rows:
             return
@@ -197,3 +234,32 @@ def _harmonise(rows: list[dict]) -> None:
         for k in keys:
             if k not in r:
                 r[k] = None
+
+
+def _read_or_set_aside(path: Path):
+    """The Parquet table at `path`; None if there is none. A file that cannot be read (cut
+    short by a crash, truncated by hand) is moved out of every reader's way to
+    `.<name>.damaged` (hidden, no `.parquet` suffix) and None is returned, so it gets rebuilt."""
+    import pyarrow as pa
+
+    if not path.exists():
+        return None
+    try:
+        return pq.read_table(path, partitioning=None)
+    except (pa.ArrowInvalid, OSError) as e:
+        aside = path.with_name(f".{path.name}.damaged")
+        os.replace(path, aside)
+        log.warning("%s is damaged (%s); set aside as %s and rebuilt", path, e, aside.name)
+        return None
+
+
+def _checkpoint_records(trial) -> list[dict]:
+    """The epoch records saved with the trial's latest checkpoint ([] if none)."""
+    ckpt = getattr(trial, "checkpoint", None)
+    if ckpt is None:
+        return []
+    try:
+        with ckpt.filesystem.open_input_stream(f"{ckpt.path}/{RECORDS_FILE}") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return []

@@ -33,6 +33,17 @@ def is_uri(storage: str) -> bool:
     return "://" in storage
 
 
+# study name -> the store this driver runs it from. Tune pickles our callbacks and searchers
+# with its experiment state; when a resumed driver unpickles them, their store is this one
+# (where the study is now), not the one they were pickled with: a copied or moved study
+# writes only into its own folder.
+_CURRENT: dict[str, "StudyStore"] = {}
+
+
+def _current_store(storage: str, name: str) -> "StudyStore":
+    return _CURRENT.get(name) or StudyStore(storage, name)
+
+
 @dataclass(frozen=True)
 class StudyStore:
     storage: str      # as given on the command line
@@ -51,6 +62,13 @@ class StudyStore:
             p = Path(self.storage)
             if p.exists() and not p.is_dir():
                 raise ConfigError("--storage", f"{self.storage!r} is a file; expected a folder (created if missing)")
+
+    def __reduce__(self):
+        return (_current_store, (self.storage, self.name))
+
+    def make_current(self) -> None:
+        """Resolve every store of this study unpickled from now on in this process to this one."""
+        _CURRENT[self.name] = self
 
     # --- paths -------------------------------------------------------------
     @property

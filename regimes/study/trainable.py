@@ -39,11 +39,14 @@ from .spec import Study
 
 CHECKPOINT_FILE = "trainer.pt"
 LAST_RECORD_FILE = "last_record.json"   # the record the checkpoint was taken after
-HISTORY_FILE = "trajectory.json"         # the series the regime classifier reads, up to the checkpoint
+RECORDS_FILE = "records.json"            # every epoch record up to the checkpoint: the trajectory the
+                                         # regime classifier reads, and what rebuilds lost Parquet rows
+HISTORY_FILE = "trajectory.json"         # its predecessor (classifier series only), still read
 REGIME_KEY = "regime"            # the trial's label, in its last report
 DECIDED_KEY = "decided_regime"   # in records: the label an early-stopped trial stopped with
 TRAJECTORY = ("epoch", "train_loss", "train_acc", "eff_grad_norm")
 RECORDS_KEY = "records"          # list of epoch records in one report (the Parquet rows)
+CONFIG_ERROR_KEY = "config_error"   # in a report just before the trial raises: do not retry it
 WORST = 1e9                      # stand-in for a non-finite objective that is neither a loss nor an accuracy
 
 
@@ -77,9 +80,6 @@ class Trajectory:
         self.diverged |= bool(rec.get("diverged", False))
         self.num_classes = int(rec["num_classes"])
 
-    def to_dict(self) -> dict:
-        return {**self.data, "diverged": self.diverged, "num_classes": self.num_classes}
-
     def _args(self):
         d = self.data
         return (d["train_loss"], d["train_acc"], d["eff_grad_norm"], self.num_classes), \
@@ -97,6 +97,48 @@ class Trajectory:
         return None if c is None else c.label
 
 
+def read_records(checkpoint_dir: str) -> list[dict]:
+    """The epoch records saved with a checkpoint ([] for checkpoints that predate them)."""
+    path = os.path.join(checkpoint_dir, RECORDS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        return json.load(fh)
+
+
+class ConfigErrorsFailOnce(tune.Callback):
+    """Driver side: a trial that failed on its config (e.g. its data missing on the node) is
+    not retried. Tune retries every failure up to max_failures and has no exemption for
+    an error no retry can fix, so the trainable reports CONFIG_ERROR_KEY just before it
+    raises, and this callback lowers that trial's retries to none: it errors once, with
+    the message, through Tune's ordinary error path (sink status `errored`, searcher told).
+    Every (re)start of a trial gives it the study's retries back (a resumed study retries
+    its errored trials, and their data may be there now)."""
+
+    def __init__(self, max_failures: int):
+        self.max_failures = max_failures
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        trial.max_failures = self.max_failures
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if CONFIG_ERROR_KEY in result:
+            trial.max_failures = 0
+
+
+def _fail_once(study: Study, config: dict, error: ConfigError):
+    """Report the config error (see ConfigErrorsFailOnce), then raise it as a plain error
+    (Ray carries the message to the driver)."""
+    from regimes.core.config import NUM_CLASSES
+
+    message = f"trial config {config}: {error}"
+    classes = NUM_CLASSES.get({**study.base, **config}.get("dataset"), 10)
+    # the study's objectives, finite, for the searcher and scheduler that see every report
+    metrics = {m: finite_objective(m, None, classes, mode) for m, mode in zip(study.metric, study.mode)}
+    tune.report({**metrics, CONFIG_ERROR_KEY: message})
+    raise RuntimeError(message)
+
+
 def run_trial(config: dict, study: Study) -> None:
     """Function trainable: train one trial of `study`, reporting every epoch record."""
     # Tune moves the worker into the trial folder; a relative data_root means the job's folder.
@@ -104,16 +146,19 @@ def run_trial(config: dict, study: Study) -> None:
     try:
         cfg = study.config(config)
         trainer = Trainer(cfg)      # e.g. data_root missing on this node
-    except ConfigError as e:        # re-raised as a plain error: Ray copies trial exceptions
-        raise RuntimeError(f"trial config {config}: {e}") from None
-    restored_from, last_rec, traj = 0, None, Trajectory()
+    except ConfigError as e:        # retrying cannot help: the trial fails once, with the message
+        _fail_once(study, config, e)
+    restored_from, last_rec, traj, history = 0, None, Trajectory(), []
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer.restore(os.path.join(d, CHECKPOINT_FILE))
             with open(os.path.join(d, LAST_RECORD_FILE)) as fh:
                 last_rec = json.load(fh)
-            if os.path.exists(os.path.join(d, HISTORY_FILE)):
+            history = read_records(d)
+            for r in history:
+                traj.add(r)
+            if not history and os.path.exists(os.path.join(d, HISTORY_FILE)):
                 with open(os.path.join(d, HISTORY_FILE)) as fh:
                     traj = Trajectory(json.load(fh))
         restored_from = trainer.epoch
@@ -132,8 +177,8 @@ def run_trial(config: dict, study: Study) -> None:
             trainer.save(os.path.join(d, CHECKPOINT_FILE))
             with open(os.path.join(d, LAST_RECORD_FILE), "w") as fh:
                 json.dump(rec, fh)      # NaN/inf allowed: Python's json writes them
-            with open(os.path.join(d, HISTORY_FILE), "w") as fh:
-                json.dump(traj.to_dict(), fh)
+            with open(os.path.join(d, RECORDS_FILE), "w") as fh:
+                json.dump(history, fh)  # NaN/inf allowed, as above
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     if last_rec is not None and (last_rec["diverged"] or last_rec["epoch"] >= cfg.epochs
@@ -156,6 +201,7 @@ def run_trial(config: dict, study: Study) -> None:
             if decided is not None:
                 rec[DECIDED_KEY], last = decided, True
         pending.append(rec)
+        history.append(rec)
         save = last or epoch % study.checkpoint_every == 0
         if save or epoch % study.epochs_per_report == 0:
             report(rec, pending, save, last)

@@ -30,7 +30,10 @@ problem raises `ConfigError` whose key is the path in the YAML
 The modules: `model` (the `Study` and `Distribution` objects), `specfile` and
 `sections` (the file and its sections as pydantic models), `values` (value types
 and parsers), `messages` (pydantic's errors as one ConfigError), `validate`
-(`load`, `from_dict` and the checks of the configs a study runs).
+(`load`, `from_dict` and the checks of the configs a study runs), `files` (UTF-8
+YAML without repeated keys, folder-safe names, writable folders; also used by
+`regimes train`) and `preflight` (what the machine must provide before Ray starts:
+storage, data on disk, resources, an unchanged spec on resume).
 """
 from regimes.errors import ConfigError
 

@@ -4,7 +4,6 @@ search.space, ASHA's single metric).
 """
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Mapping
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
@@ -12,9 +11,8 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 from regimes.core.config import TrainConfig
 
 from . import values as V
+from .files import name_problem
 from .sections import Asha, EarlyStopSection, Resources, Search, Section
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def _mapping(complaint: str):
@@ -58,8 +56,9 @@ class SpecFile(Section):
     @field_validator("name", mode="before")
     @classmethod
     def _name(cls, name):
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise V.Bad(f"required: a folder-safe study name (letters, digits, . _ -), got {name!r}")
+        problem = name_problem(name, "study name")
+        if problem:
+            raise V.Bad(problem)
         return name
 
     @field_validator("base", mode="before")

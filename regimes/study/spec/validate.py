@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from regimes.errors import ConfigError
 
+from .files import read_yaml
 from .messages import config_error
 from .model import Study
 from .specfile import SpecFile
@@ -28,21 +29,8 @@ MAX_CHECKED_CORNERS = 4096    # Optuna: configs built from the product of bounds
 
 
 def load(path: str | Path) -> Study:
-    """Read and validate a study spec file."""
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(str(path), "no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(str(path), "is a directory; expected a study YAML file") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), f"not valid YAML ({e})") from None
-    return from_dict(data)
+    """Read and validate a study spec file (UTF-8 YAML, each key given once)."""
+    return from_dict(read_yaml(path, "a study YAML file"))
 
 
 def from_dict(data: Any) -> Study:
