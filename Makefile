@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install lab clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/regimes sweep studies/demo_digits.yaml $(DEMO_FLAGS)
 	$(BIN)/regimes report results/demo-digits
+
+# JupyterLab on the notebooks in analysis/ (installs the `notebook` extra once).
+lab: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[notebook]'
+	$(BIN)/jupyter lab analysis/
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -28,9 +28,11 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .core import record
 from .core.config import TrainConfig
 
-SCHEMA_VERSION = 1
+# 2: list-valued config fields (milestones, knots) are Parquet list columns, not strings
+SCHEMA_VERSION = 2
 
 
 def epoch_rows(cfg: TrainConfig | dict, records: Iterable[dict], study: str) -> list[dict]:
@@ -67,11 +69,67 @@ def write_trial_epochs(root, trial_id: str, rows: list[dict]) -> Path:
     """(Re)write one trial's epoch rows as epochs/trial_id=<id>/data.parquet, atomically."""
     folder = Path(root) / "epochs" / f"trial_id={trial_id}"
     rows = [{k: v for k, v in r.items() if k != "trial_id"} for r in rows]
-    return atomic_write(pa.Table.from_pylist(rows), folder / "data.parquet")
+    return atomic_write(table(rows), folder / "data.parquet")
 
 
 def write_trials(root, rows: list[dict]) -> Path:
-    return atomic_write(pa.Table.from_pylist(rows), Path(root) / "trials.parquet")
+    return atomic_write(table(rows), Path(root) / "trials.parquet")
+
+
+def upsert_trials(root, rows: list[dict]) -> Path:
+    """Write `rows` into trials.parquet, replacing the rows of the same trial_id and keeping
+    every other trial (a second `regimes train --name b` into the same folder adds b)."""
+    path = Path(root) / "trials.parquet"
+    mine = {r["trial_id"] for r in rows}
+    old = []
+    if path.exists():
+        try:
+            old = [r for r in pq.read_table(path).to_pylist() if r.get("trial_id") not in mine]
+        except (pa.ArrowInvalid, OSError):
+            old = []        # a damaged table: the new rows start it again
+    merged = old + list(rows)
+    keys = list(dict.fromkeys(k for r in merged for k in r))
+    return write_trials(root, [{k: r.get(k) for k in keys} for r in merged])
+
+
+def table(rows: list[dict]) -> pa.Table:
+    """Rows as a table, list-valued config fields with their list types whatever the values
+    (an empty `knots` would otherwise be list<null> in one file and list<list<double>> in
+    the next, and a dataset over both would not read)."""
+    t = pa.Table.from_pylist(rows)
+    for name, typ in _list_types().items():
+        for col in (name, f"cfg_{name}"):
+            if col in t.column_names and t.schema.field(col).type != typ:
+                t = t.set_column(t.column_names.index(col), col, t.column(col).cast(typ))
+    # a record field that is None in every row of this file (e.g. decided_regime of a trial that
+    # was not stopped early) gets its declared type, not `null`: a dataset over files of several
+    # trials takes one file's schema and cannot cast a string column to null
+    for i, f in enumerate(t.schema):
+        name = f.name[len("final_"):] if f.name.startswith("final_") else f.name
+        if pa.types.is_null(f.type) and name in record.BY_NAME:
+            t = t.set_column(i, f.name, t.column(i).cast(_ARROW[record.BY_NAME[name].kind]))
+    return t
+
+
+_ARROW = {float: pa.float64(), int: pa.int64(), bool: pa.bool_(), str: pa.string()}
+
+
+def _list_types() -> dict[str, pa.DataType]:
+    import typing
+
+    out = {}
+    for name, f in TrainConfig.model_fields.items():
+        typ = _arrow_type(f.annotation, typing)
+        if isinstance(typ, pa.ListType):
+            out[name] = typ
+    return out
+
+
+def _arrow_type(annotation, typing):
+    if typing.get_origin(annotation) is tuple:
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return pa.list_(_arrow_type(args[0], typing) if args else pa.float64())
+    return pa.float64() if annotation is float else pa.int64() if annotation is int else pa.string()
 
 
 def read_epochs(root) -> pa.Table:
@@ -102,8 +160,9 @@ def atomic_write(table: pa.Table, path: Path) -> Path:
 
 
 def _scalar(v):
+    """A config value as a Parquet cell: tuples (list-valued fields) become lists."""
     if isinstance(v, (list, tuple)):
-        return str(list(v))
+        return [_scalar(x) for x in v]
     return v
 
 

@@ -12,6 +12,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from regimes import results
 from regimes.study import spec
 from regimes.study.launch import run_study
 from regimes.study.storage import StudyStore
@@ -63,7 +64,7 @@ def test_grid_sweep_end_to_end_with_a_diverging_trial(ray_local, tmp_path):
         mine = sorted((r for r in rows if r["trial_id"] == tid), key=lambda r: r["epoch"])
         assert [r["epoch"] for r in mine] == list(range(1, t["epochs_done"] + 1))
         assert all(r["cfg_lr"] == t["lr"] and r["seed"] == t["seed"] and r["width"] == 4 and r["mode"] == "free"
-                   and r["study"] == "grid" and r["schema_version"] == 1 for r in mine)
+                   and r["study"] == "grid" and r["schema_version"] == results.SCHEMA_VERSION for r in mine)
         if t["lr"] == 0.05:
             assert (t["status"], t["epochs_done"], t["diverged"]) == ("completed", 3, False)
             assert t["final_test_acc"] == mine[-1]["test_acc"]

@@ -20,14 +20,16 @@ class Field:
     unit: str
     source: str = "core"        # "core", a technique's name, or "study" (added by the Ray trainable)
     measure: bool = True        # a per-epoch measure (an objective may use it); False: bookkeeping
+    kind: type = float          # the Python type of its values (a Parquet column of that type)
 
 
 FIELDS: tuple[Field, ...] = (
     # --- bookkeeping -------------------------------------------------------------
-    Field("epoch", "epochs done (1-based)", "epochs", measure=False),
-    Field("step", "optimiser steps done", "steps", measure=False),
-    Field("num_classes", "classes C of the dataset (chance accuracy is 1/C)", "", measure=False),
-    Field("diverged", "the loss or the SI norm became non-finite; the run ends at this record", "", measure=False),
+    Field("epoch", "epochs done (1-based)", "epochs", measure=False, kind=int),
+    Field("step", "optimiser steps done", "steps", measure=False, kind=int),
+    Field("num_classes", "classes C of the dataset (chance accuracy is 1/C)", "", measure=False, kind=int),
+    Field("diverged", "the loss or the SI norm became non-finite; the run ends at this record", "",
+          measure=False, kind=bool),
     # --- core measures -------------------------------------------------------------
     Field("train_loss", "cross-entropy on the full train set, BN in train mode, no augmentation "
           "(NaN on epochs skipped by train_eval_every)", "nats"),
@@ -69,7 +71,7 @@ FIELDS: tuple[Field, ...] = (
     Field("input_curvature_std", "standard deviation of the same over examples", "", "curvature"),
     # --- added by the Ray trainable ------------------------------------------------------------------
     Field("decided_regime", "early stopping: the regime a trial stopped with (None before the last epoch)",
-          "", "study", measure=False),
+          "", "study", measure=False, kind=str),
 )
 
 BY_NAME = {f.name: f for f in FIELDS}
