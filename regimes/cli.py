@@ -123,7 +123,7 @@ def _train_main(args) -> int:
     last = records[-1]
     status = "diverged" if last["diverged"] else "completed"
     if out is not None:
-        results.write_trials(out, [results.trial_summary(cfg, records, Path(out).name, args.name, status)])
+        results.upsert_trials(out, [results.trial_summary(cfg, records, Path(out).name, args.name, status)])
     print(_summary(cfg, last, status))
     if out is not None:
         print(f"results: {Path(out) / 'epochs'} and {Path(out) / 'trials.parquet'}")
