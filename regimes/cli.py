@@ -1,4 +1,4 @@
-"""The `regimes` command: train | sweep | validate | report.
+"""The `regimes` command: train | sweep | validate | report | status.
 
 Every bad input (unknown key, wrong type, out-of-range value, missing path)
 prints one line `error: <key>: <what is allowed>` and exits with code 2 before
@@ -52,6 +52,8 @@ LAYER_COMMANDS = {
                  "add_validate_arguments", "validate_main"),
     "report": ("classify regimes and draw phase diagrams of a results folder", "regimes.analysis.report",
                "add_arguments", "main"),
+    "status": ("where a study stands: trials, progress, ETA, regimes so far (reads its folder; no Ray)",
+               "regimes.study.status", "add_arguments", "main"),
 }
 
 

@@ -228,12 +228,12 @@ def test_report_writes_everything_and_updates_trials(grid_study, tmp_path, capsy
     printed = capsys.readouterr().out
     rep = root / "report"
     for f in ("regimes.parquet", "regimes.csv", "boundaries.csv", "report.md",
-              "training_curves_1.png", "training_curves_2.svg", "regime_strip.png", "regime_strip.svg",
-              "phase_diagram_elr_momentum.png", "phase_diagram_elr_momentum.svg"):
+              "training_curves_momentum=0.png", "training_curves_momentum=0.9.svg", "regime_strip.png",
+              "regime_strip.svg", "phase_diagram_elr_x_momentum.png", "phase_diagram_elr_x_momentum.svg"):
         assert (rep / f).is_file() and (rep / f).stat().st_size > 0, f
-    assert f"phase diagram: {rep / 'phase_diagram_elr_momentum.png'}" in printed
+    assert f"phase diagram: {rep / 'phase_diagram_elr_x_momentum.png'}" in printed
     md = (rep / "report.md").read_text()
-    for img in ("phase_diagram_elr_momentum.png", "regime_strip.png", "training_curves_1.png"):
+    for img in ("phase_diagram_elr_x_momentum.png", "regime_strip.png", "training_curves_momentum=0.png"):
         assert f"]({img})" in md
     assert "convergence->chaotic_equilibrium" in md and "chaotic_equilibrium->divergence" in md
     # labels on disk agree with the truth, and trials.parquet gained them
@@ -306,7 +306,7 @@ def test_free_mode_uses_lr_and_epochs_only_study(tmp_path):
     assert b[b["boundary"] == "convergence->chaotic_equilibrium"]["value"].tolist() == \
         pytest.approx([math.sqrt(1e-5)] * 2)
     assert _cli(root) == 0
-    assert (root / "report" / "phase_diagram_lr_wd.png").is_file()
+    assert (root / "report" / "phase_diagram_lr_x_wd.png").is_file()
     assert not (root / "trials.parquet").exists()
 
 
@@ -329,8 +329,10 @@ def test_off_grid_three_axis_study(tmp_path):
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     assert sum(len(c.get_offsets()) for c in ax.collections) == 12       # one dot per trial
     assert _cli(root, "--formats", "png") == 0
-    assert (root / "report" / "phase_diagram_elr_wd.png").is_file()
-    assert (root / "report" / "phase_diagram_elr_momentum.png").is_file()
+    # the axis not drawn is fixed at its first value, and the name says so
+    assert (root / "report" / "phase_diagram_elr_x_wd_momentum=0.png").is_file()
+    wd0 = min(s["wd"] for s in specs)
+    assert (root / "report" / f"phase_diagram_elr_x_momentum_wd={wd0:.6g}.png").is_file()
 
 
 def test_phase_diagram_marks_disagreement(grid_study):
@@ -347,6 +349,239 @@ def test_phase_diagram_marks_disagreement(grid_study):
     assert len(hatched) == 1
     assert len(ax.patches) >= len(ELRS) * 2
     plt.close(fig)
+
+
+# ----------------------------------------------------------------- figures for a paper
+def _set_status(root: Path, status: dict[str, str]):
+    t = pq.read_table(root / "trials.parquet").to_pandas()
+    for tid, st in status.items():
+        t.loc[t["trial_id"] == tid, "status"] = st
+    pq.write_table(pa.Table.from_pandas(t, preserve_index=False), root / "trials.parquet")
+
+
+def _drawn_ticks(ax) -> list:
+    """The tick labels of an axes that are drawn (ticks inside the view limits)."""
+    (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+    both = (False, True)
+    return ([t for minor in both for t in ax.get_xticklabels(minor=minor) if x0 <= t.get_position()[0] <= x1]
+            + [t for minor in both for t in ax.get_yticklabels(minor=minor) if y0 <= t.get_position()[1] <= y1])
+
+
+def _overlaps(texts) -> list[tuple[str, str]]:
+    """Pairs of visible, non-empty texts whose drawn boxes intersect."""
+    boxes = [(t.get_text(), t.get_window_extent()) for t in texts if t.get_visible() and t.get_text().strip()]
+    return [(a, b) for k, (a, ba) in enumerate(boxes) for b, bb in boxes[k + 1:] if ba.overlaps(bb)]
+
+
+def test_every_figure_is_a_vector_file_and_a_300_dpi_png_named_after_its_setting(grid_study, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path / "grid"
+    shutil.copytree(grid_study[0], root)
+    assert _cli(root, "--formats", "png,svg,pdf") == 0
+    rep = root / "report"
+    pngs = sorted(rep.glob("*.png"))
+    stems = {p.stem for p in pngs}
+    # one training-curve figure per momentum, the phase diagram names both of its axes
+    assert {"training_curves_momentum=0", "training_curves_momentum=0.9", "regime_strip",
+            "phase_diagram_elr_x_momentum"} <= stems, stems
+    assert not any(s.startswith("training_curves_") and s[-1].isdigit() and "=" not in s for s in stems)
+    for p in pngs:
+        for vec in ("svg", "pdf"):
+            assert p.with_suffix(f".{vec}").is_file() and p.with_suffix(f".{vec}").stat().st_size > 0, (p, vec)
+        with Image.open(p) as im:
+            dpi = im.info["dpi"]
+            assert all(round(d) == 300 for d in dpi), (p.name, dpi)
+            assert min(im.size) >= 600, (p.name, im.size)      # two inches or more at 300 dpi
+        assert all(c.isalnum() or c in "._=-" for c in p.stem), p.stem
+    md = (rep / "report.md").read_text()
+    for p in pngs:
+        assert f"]({p.name})" in md and f"]({p.stem}.svg)" in md and f"]({p.stem}.pdf)" in md
+
+
+def test_training_curves_show_seed_spread_palette_and_reference_lines(grid_study):
+    import matplotlib.colors as mcolors
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from regimes.analysis import classify, load_study, plot_training_curves
+
+    st = load_study(grid_study[0])
+    labels = classify(st)
+    fig = plot_training_curves(st, labels, select={"momentum": 0.0})
+    loss_ax, acc_ax = fig.axes[:2]
+    # a mean line and a min-max band over the two seeds for every ELR
+    assert len([l for l in loss_ax.lines if len(l.get_xdata()) > 2]) == len(ELRS)
+    bands = [c for c in loss_ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == len(ELRS)
+    ep = st.epochs[["trial_id", "epoch", "test_acc"]].merge(st.trials[["trial_id", "elr", "momentum"]],
+                                                             on="trial_id")
+    one = ep[(ep["elr"] == 1e-2) & (ep["momentum"] == 0.0) & (ep["epoch"] == 5)]["test_acc"]
+    assert len(one) == 2                                               # lines in ELR order: [4] is 1e-2
+    assert acc_ax.lines[4].get_ydata()[4] == pytest.approx(one.mean())  # arithmetic mean, linear axis
+    acc_band = [c for c in acc_ax.collections if isinstance(c, PolyCollection)][4]
+    at5 = np.concatenate([p.vertices[np.isclose(p.vertices[:, 0], 5), 1] for p in acc_band.get_paths()])
+    assert at5.min() == pytest.approx(one.min()) and at5.max() == pytest.approx(one.max())   # min-max
+    # neighbouring ELRs get clearly different colours
+    cols = [np.array(mcolors.to_rgb(l.get_color())) for l in loss_ax.lines if len(l.get_xdata()) > 2]
+    assert min(np.abs(a - b).sum() for a, b in zip(cols[:-1], cols[1:])) > 0.15
+    # chance 1/C on the accuracy panel, ln C on the loss panel, each in the legend
+    flat = lambda ax: [l.get_ydata()[0] for l in ax.lines if len(set(np.atleast_1d(l.get_ydata()))) == 1]
+    assert any(v == pytest.approx(1 / C) for v in flat(acc_ax))
+    assert any(v == pytest.approx(LN_C) for v in flat(loss_ax))
+    legend_text = " ".join(t.get_text() for leg in fig.legends for t in leg.get_texts())
+    assert "min-max over 2 seeds" in legend_text and "chance accuracy 1/C" in legend_text
+    assert "ln C" in legend_text and "0.003 (conv. 1/2, chaotic 1/2)" in legend_text
+    assert "momentum=0" in fig._suptitle.get_text() and "mean over 2 seeds" in fig._suptitle.get_text()
+    fig.canvas.draw()
+    for ax in fig.axes:
+        assert not _overlaps(_drawn_ticks(ax)), ax.get_title()
+    plt.close(fig)
+
+
+def test_strip_draws_boundary_brackets_with_legend_and_readable_log_ticks(grid_study):
+    import matplotlib.pyplot as plt
+
+    from regimes.analysis import boundaries, classify, load_study, plot_regime_strip
+
+    st = load_study(grid_study[0])
+    labels = classify(st)
+    b = boundaries(st, labels)
+    fig = plot_regime_strip(st, labels, b)
+    fig.canvas.draw()
+    ax = fig.axes[0]                               # momentum 0, final train loss
+    row = b[b["momentum"] == 0.0]
+    # each boundary: a span from bracket_lo to bracket_hi, and a thin line at the estimate
+    got = sorted((p.get_x(), p.get_x() + p.get_width()) for p in ax.patches if p.get_gid() == "bracket")
+    want = sorted(zip(row["bracket_lo"], row["bracket_hi"]))
+    assert np.allclose(got, want), (got, want)
+    assert row["bracket_hi"].gt(row["bracket_lo"]).all()
+    estimates = sorted(l.get_xdata()[0] for l in ax.lines if l.get_gid() == "estimate")
+    assert np.allclose(estimates, sorted(row["value"]))
+    assert all(l.get_linewidth() < 1.2 for l in ax.lines if l.get_gid() == "estimate")
+    legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+    for text in ("boundary bracket", "seeds disagree", "convergence → chaotic equilibrium (estimate)",
+                 "chance accuracy 1/C", "ln C", "divergence", "median over seeds"):
+        assert text in legend, text
+    for a in fig.axes:
+        assert not _overlaps(_drawn_ticks(a)), a.get_title()
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("lo,hi", [(2e-3, 8e-3), (1.5e-3, 4e-2), (1e-9, 1e3)])
+def test_log_axes_never_overlap_their_tick_labels(tmp_path, lo, hi):
+    """Matplotlib's default labels the minor ticks of a narrow log range (they collide), and every
+    decade of a wide one; the figures use `log_ticks`."""
+    import matplotlib.pyplot as plt
+
+    from regimes.analysis import classify, load_study, plot_phase_diagram, plot_regime_strip
+
+    elrs = np.geomspace(lo, hi, 7).tolist()
+    mid = elrs[3]
+    root = tmp_path / "narrow"
+    write_study(root, [{"elr": e, "wd": wd, "regime": R.CONVERGENCE if e < mid else R.CHAOTIC}
+                       for wd in (1e-5, 1e-4, 1e-3) for e in elrs[: 7 if wd == 1e-5 else 4]])
+    st = load_study(root)
+    labels = classify(st)
+    for fig in (plot_regime_strip(st, labels), plot_phase_diagram(st, labels, x="elr", y="wd")):
+        fig.canvas.draw()
+        for a in fig.axes:
+            if a.get_xscale() == "log":
+                assert not _overlaps(_drawn_ticks(a)), (a.get_title(), [t.get_text() for t in _drawn_ticks(a)])
+                assert len([t for t in _drawn_ticks(a) if t.get_text()]) >= 2
+        plt.close(fig)
+
+
+def test_phase_diagram_cell_text_clears_the_boundary_brackets(grid_study):
+    import matplotlib.pyplot as plt
+
+    from regimes.analysis import boundaries, classify, load_study, plot_phase_diagram
+
+    st = load_study(grid_study[0])
+    labels = classify(st)
+    fig = plot_phase_diagram(st, labels, x="elr", y="momentum")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    brackets = [p for p in ax.patches if p.get_gid() == "bracket"]
+    assert len(brackets) == len(boundaries(st, labels))            # one per (row, boundary)
+    estimates = [l for l in ax.lines if l.get_gid() == "estimate"]
+    assert len(estimates) == len(brackets)
+    for t in ax.texts:
+        tb = t.get_window_extent()
+        for p in brackets:
+            assert not tb.overlaps(p.get_window_extent()), t.get_text()
+        for l in estimates:
+            assert not tb.overlaps(l.get_window_extent()), t.get_text()
+    legend = " ".join(t.get_text() for t in ax.get_legend().get_texts())
+    assert "bracket" in legend and "boundary estimate" in legend and "seeds disagree" in legend
+    plt.close(fig)
+
+
+def test_errored_trial_is_labelled_errored_and_left_out_of_boundaries(tmp_path, capsys):
+    import shutil
+
+    from regimes.analysis import boundaries, classify, load_study
+
+    trials = [{"elr": e, "seed": s, "regime": true_regime(e, 0)} for s in (0, 1) for e in ELRS]
+    root = tmp_path / "err"
+    write_study(root, trials)
+    # t013: seed 1 at elr 3e-2 (chaotic), t002: seed 0 at 1e-3, next to the first boundary
+    without = tmp_path / "without"
+    shutil.copytree(root, without)
+    for tid in ("t002", "t013"):
+        shutil.rmtree(without / "epochs" / f"trial_id={tid}")
+    t = pq.read_table(without / "trials.parquet").to_pandas()
+    pq.write_table(pa.Table.from_pandas(t[~t["trial_id"].isin(["t002", "t013"])], preserve_index=False),
+                   without / "trials.parquet")
+    _set_status(root, {"t002": "errored", "t013": "errored"})
+
+    st = load_study(root)
+    labels = classify(st).set_index("trial_id")
+    for tid in ("t002", "t013"):
+        assert labels.loc[tid, "regime"] == "errored"
+        assert labels.loc[tid, "regime_reason"].startswith("trial errored: ")
+    b = boundaries(st).drop(columns=["n_seeds_total"])
+    b0 = boundaries(load_study(without)).drop(columns=["n_seeds_total"])
+    assert set(b["boundary"]) == {"convergence->chaotic_equilibrium", "chaotic_equilibrium->divergence"}
+    pd.testing.assert_frame_equal(b.reset_index(drop=True), b0.reset_index(drop=True))
+
+    assert _cli(root, "--formats", "png") == 0
+    out = capsys.readouterr().out
+    assert "errored 2" in out
+    md = (root / "report" / "report.md").read_text()
+    assert "| errored | 2 |" in md and "errored" in pd.read_csv(root / "report" / "regimes.csv")["regime"].values
+    assert "errored" not in pd.read_csv(root / "report" / "boundaries.csv")["boundary"].str.cat()
+
+
+def test_errored_trial_whose_record_diverged_stays_divergence(tmp_path):
+    from regimes.analysis import classify, load_study
+
+    root = tmp_path / "nan"
+    write_study(root, [{"elr": e, "regime": true_regime(e, 0)} for e in ELRS], nan_trial="t008")
+    _set_status(root, {"t008": "errored"})
+    labels = classify(load_study(root)).set_index("trial_id")
+    assert labels.loc["t008", "regime"] == R.DIVERGENCE
+
+
+def test_running_trials_mark_the_report_partial(tmp_path, capsys):
+    root = tmp_path / "run"
+    write_study(root, [{"elr": e, "seed": s, "regime": true_regime(e, 0)} for s in (0, 1) for e in ELRS])
+    _set_status(root, {"t004": "running"})                       # seed 0 at elr 1e-2
+    assert _cli(root, "--formats", "png") == 0
+    assert "partial: 1 trial still running" in capsys.readouterr().out
+    md = (root / "report" / "report.md").read_text()
+    assert "partial: 1 trial still running" in md
+    table = md.split("## Regime per setting", 1)[1]
+    rows = [r for r in table.splitlines() if r.startswith("| ")]
+    assert rows[0].split(" | ")[-1].strip(" |") == "partial"
+    marked = [r for r in rows[1:] if "partial: 1/2 running" in r]
+    assert len(marked) == 1 and marked[0].startswith("| 0.01 |")
+    # a finished study has no such line or column
+    _set_status(root, {"t004": "completed"})
+    assert _cli(root, "--formats", "png") == 0
+    assert "partial" not in (root / "report" / "report.md").read_text()
 
 
 # ----------------------------------------------------------------- notebooks

@@ -35,6 +35,11 @@ NOT_AXES = (SEED, "device", "data_root", "download")
 DATASET_CLASSES = NUM_CLASSES
 # Per-epoch measures the analysis looks at (all optional except train_loss).
 MEASURES = tuple(m for m in record.CORE_MEASURES if m not in ("samples_per_s", "time_s"))
+# The label of a trial that failed (status `errored`) without its record showing divergence:
+# not a regime, and left out of boundary estimates.
+ERRORED = "errored"
+# Every label the report can give: the regimes of the classifier, then ERRORED.
+REPORT_LABELS = (*R.LABELS, ERRORED)
 
 
 @dataclass
@@ -154,8 +159,13 @@ def _hashable(df: pd.DataFrame) -> pd.DataFrame:
     """List-valued config fields (e.g. schedule knots) as their text, so they compare and group."""
     for c in df.columns:
         if df[c].dtype == object and df[c].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
-            df[c] = df[c].map(lambda v: str(list(v)) if isinstance(v, (list, tuple, np.ndarray)) else v)
+            df[c] = df[c].map(lambda v: str(_as_list(v)) if isinstance(v, (list, tuple, np.ndarray)) else v)
     return df
+
+
+def _as_list(v):
+    """A Parquet list cell (numpy arrays, nested for knots) as plain nested lists."""
+    return [_as_list(x) for x in v] if isinstance(v, (list, tuple, np.ndarray)) else v
 
 
 def discover_axes(trials: pd.DataFrame) -> tuple[list[str], str | None]:
@@ -205,8 +215,8 @@ def classify(study: Study, rules: R.RegimeRules = R.RegimeRules()) -> pd.DataFra
                        epochs=ep["epoch"].to_numpy(dtype=float), rules=rules)
         row["regime"] = c.label
         row["regime_reason"] = c.reason
-        if trial.get("status") == "errored" and c.label != R.DIVERGENCE:
-            row["regime"], row["regime_reason"] = R.UNRESOLVED, "trial errored: " + c.reason
+        if trial.get("status") == "errored" and c.label != R.DIVERGENCE:   # a blow-up may be what raised
+            row["regime"], row["regime_reason"] = ERRORED, "trial errored: " + c.reason
         for k, v in c.evidence.items():
             if k != "reason":
                 row[f"regime_{k}"] = v
@@ -231,7 +241,7 @@ def boundaries(study: Study, labels: pd.DataFrame | None = None, axis: str | Non
         seeds = g[SEED].to_numpy() if SEED in g else None
         x = pd.to_numeric(g[axis], errors="coerce").to_numpy(dtype=float)
         # several trials at one (x, seed) cannot happen within a setting; guard anyway
-        for b in R.estimate_boundaries(x, g["regime"].tolist(), seeds):
+        for b in R.estimate_boundaries(x, g["regime"].tolist(), seeds, skip=(R.UNRESOLVED, ERRORED)):
             rows.append({**dict(zip(others, key)), "axis": axis, **b.to_dict()})
     return pd.DataFrame(rows, columns=cols)
 

@@ -3,20 +3,28 @@
 Writes into <dir>/report/:
     regimes.parquet, regimes.csv   one row per trial: axes, seed, status, regime, evidence
     boundaries.csv                 where the regime changes along the main axis (+ seed spread)
-    training_curves*.png/.svg      paper Fig. 1 style, one line per ELR
-    regime_strip.png/.svg          final loss / accuracy vs ELR, regime bands, boundaries
-    phase_diagram_<x>_<y>.png/.svg one per pair (main axis, other axis), if two axes vary
+    training_curves[_<axis>=<value>...].png/.svg
+                                   paper Fig. 1 style, one line (mean) and band (min-max over
+                                   seeds) per ELR; one figure per setting of the other axes,
+                                   named after it (e.g. training_curves_wd=0.0005)
+    regime_strip.png/.svg          final loss / accuracy vs ELR, regime bands, boundary brackets
+    phase_diagram_<x>_x_<y>[_<axis>=<value>...].png/.svg
+                                   one per pair (main axis, other axis), if two axes vary; the
+                                   axes not drawn are fixed at the value in the name
     schedules.csv, schedule_ranking.png/.svg, schedule_curves.png/.svg
                                    a schedule search (some trial's schedule is not constant, or
                                    --baseline given): best schedules vs best constant ELR, gain
     report.md                      the figures, the regime table and the boundary table
-and adds `regime` + `regime_*` evidence columns to <dir>/trials.parquet (atomic rewrite).
+Every figure is written in each of `--formats` (default: a 300 dpi PNG and an SVG beside it).
+The report also adds `regime` + `regime_*` evidence columns to <dir>/trials.parquet (atomic rewrite).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import numbers
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -28,9 +36,11 @@ from ..errors import ConfigError
 from ..results import atomic_write
 from . import schedules as S
 from .markdown import md_table
-from .load import Study, boundaries, classify, load_study, majority_table
+from .load import ERRORED, REPORT_LABELS, Study, boundaries, classify, load_study, majority_table
 
 FORMATS = ("png", "svg")
+PNG_DPI = 300
+RUNNING = "running"
 MAX_CURVE_FIGURES = 6
 MAX_PHASE_FIGURES = 4
 
@@ -94,7 +104,7 @@ def make_report(results, *, out=None, x=None, y=None, rules: R.RegimeRules = R.R
     """Everything `regimes report` writes; returns the paths and a text summary."""
     import matplotlib.pyplot as plt
 
-    from .plots import plot_phase_diagram, plot_regime_strip, plot_training_curves
+    from .plots import default_select, plot_phase_diagram, plot_regime_strip, plot_training_curves
 
     study = load_study(results)
     companions = [load_study(b) for b in baselines]
@@ -118,8 +128,8 @@ def make_report(results, *, out=None, x=None, y=None, rules: R.RegimeRules = R.R
     notes: list[str] = []
 
     def save(fig, stem, kind):
-        for f in formats:
-            fig.savefig(out / f"{stem}.{f}", dpi=120)
+        for f in formats:     # tight: the legends outside the axes are kept whole
+            fig.savefig(out / f"{stem}.{f}", dpi=PNG_DPI, bbox_inches="tight", pad_inches=0.05)
         plt.close(fig)
         figures[kind].append(out / f"{stem}.{formats[0]}")
 
@@ -128,12 +138,14 @@ def make_report(results, *, out=None, x=None, y=None, rules: R.RegimeRules = R.R
     others = study.other_axes(curve_axis) if curve_axis else []
     settings = _settings(study.trials, others)
     if len(settings) > MAX_CURVE_FIGURES:
-        notes.append(f"{len(settings)} settings of {', '.join(others)}: training curves of all trials "
-                     "(first seed) drawn in one figure")
-        settings = [{}]
-    for k, sel in enumerate(settings):
-        stem = "training_curves" + (f"_{k + 1}" if len(settings) > 1 else "")
-        save(plot_training_curves(study, labels, select=sel, axis=curve_axis), stem, "curves")
+        notes.append(f"{len(settings)} settings of {', '.join(others)}: training curves of every setting "
+                     "drawn in one figure")
+        save(plot_training_curves(study, labels, select={}, axis=curve_axis), "training_curves_all-settings",
+             "curves")
+        settings = []
+    for sel in settings:
+        save(plot_training_curves(study, labels, select=sel, axis=curve_axis),
+             figure_stem("training_curves", sel), "curves")
     missing = [m for m in ("train_acc", "test_acc", "eff_grad_norm", "angular_update") if not study.has_measure(m)]
     if missing:
         notes.append(f"measures not recorded in this study: {', '.join(missing)}")
@@ -155,8 +167,10 @@ def make_report(results, *, out=None, x=None, y=None, rules: R.RegimeRules = R.R
     for yy in ys[:MAX_PHASE_FIGURES]:
         if yy == x:
             continue
-        fig = plot_phase_diagram(study, labels, x=x, y=yy, annotate="test_acc" if annotate else None)
-        save(fig, f"phase_diagram_{x}_{yy}", "phase")
+        fixed = default_select(study, x, yy)
+        fig = plot_phase_diagram(study, labels, x=x, y=yy, select=fixed,
+                                 annotate="test_acc" if annotate else None)
+        save(fig, figure_stem(f"phase_diagram_{x}_x_{yy}", fixed), "phase")
 
     trials_updated = False
     if update_trials:
@@ -177,10 +191,28 @@ def make_report(results, *, out=None, x=None, y=None, rules: R.RegimeRules = R.R
     if comparison is not None:
         summary += "\n" + "\n".join(S.summary_lines(comparison))
     report = out / "report.md"
-    report.write_text(_markdown(study, labels, bounds, x, figures, notes, rules, out, schedule_md))
+    report.write_text(_markdown(study, labels, bounds, x, figures, notes, rules, out, schedule_md, formats))
     return {"schedules": comparison, "out": out, "report": report, "labels": labels, "boundaries": bounds,
             "figures": [p for v in figures.values() for p in v], "phase_diagrams": figures["phase"], "strips": figures["strip"],
             "trials_updated": trials_updated, "summary": summary, "notes": notes}
+
+
+def _name_value(v) -> str:
+    if isinstance(v, bool) or type(v).__name__ == "bool_":
+        return str(bool(v))
+    if isinstance(v, numbers.Real):
+        f = float(v)
+        if f == 0 or (f.is_integer() and abs(f) < 1e15):
+            return str(int(f))
+        return f"{f:.6g}"
+    return str(v)
+
+
+def figure_stem(prefix: str, setting: dict) -> str:
+    """A file-system safe figure name saying which setting it is for:
+    `training_curves_momentum=0.9_wd=0.0005` (letters, digits and `. _ - =` only)."""
+    parts = [prefix] + [f"{k}={_name_value(v)}" for k, v in setting.items()]
+    return re.sub(r"[^A-Za-z0-9._=-]+", "-", "_".join(parts)).strip("-")[:200]
 
 
 def _settings(trials: pd.DataFrame, axes: list[str]) -> list[dict]:
@@ -217,8 +249,31 @@ def regime_table(study: Study, labels: pd.DataFrame, x: str | None) -> pd.DataFr
     if not axes:
         lab, share = R.majority(labels["regime"].tolist())
         return pd.DataFrame([{"regime": lab, "agreement": share, "n": len(labels)}])
-    t = majority_table(labels, axes)
-    return t[axes + ["regime", "agreement", "n", "counts"]]
+    t = majority_table(labels, axes)[axes + ["regime", "agreement", "n", "counts"]]
+    running = _running(labels)
+    if running.any():      # a marker on the settings whose labels may still change
+        per = labels.assign(_run=running).groupby(axes, dropna=False, sort=True)["_run"].agg(["sum", "size"])
+        marks = {(k if isinstance(k, tuple) else (k,)): (f"partial: {int(r['sum'])}/{int(r['size'])} running"
+                                                        if r["sum"] else "") for k, r in per.iterrows()}
+        t["partial"] = [marks.get(tuple(row), "") for row in t[axes].itertuples(index=False, name=None)]
+    return t
+
+
+def _running(labels: pd.DataFrame) -> pd.Series:
+    """Trials still running (their labels are provisional)."""
+    if "status" not in labels:
+        return pd.Series(False, index=labels.index)
+    return labels["status"].astype(str).eq(RUNNING)
+
+
+def partial_line(labels: pd.DataFrame) -> str | None:
+    n = int(_running(labels).sum())
+    return (f"partial: {n} trial{'s' if n != 1 else ''} still running (labels of running trials are "
+            "provisional)") if n else None
+
+
+def _shown_labels(counts) -> list[str]:
+    return [k for k in REPORT_LABELS if k in R.LABELS or counts.get(k, 0)]
 
 
 def boundary_table(bounds: pd.DataFrame) -> pd.DataFrame:
@@ -234,7 +289,9 @@ def text_summary(study: Study, labels: pd.DataFrame, bounds: pd.DataFrame, x: st
     counts = labels["regime"].value_counts()
     lines = [f"{study.name}: {len(labels)} trials, axes {', '.join(study.axes) or 'none'}, "
              f"{len(study.seeds)} seed(s)",
-             "regimes: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in R.LABELS)]
+             "regimes: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in _shown_labels(counts))]
+    if partial_line(labels):
+        lines.append(partial_line(labels))
     rt = regime_table(study, labels, x)
     lines.append(rt.drop(columns=["counts"], errors="ignore").to_string(index=False))
     if bounds.empty:
@@ -245,40 +302,61 @@ def text_summary(study: Study, labels: pd.DataFrame, bounds: pd.DataFrame, x: st
     return "\n".join(lines)
 
 
-def _markdown(study, labels, bounds, x, figures, notes, rules, out: Path, schedule_md=()) -> str:
+def _markdown(study, labels, bounds, x, figures, notes, rules, out: Path, schedule_md=(),
+              formats=FORMATS) -> str:
     rel = lambda p: os.path.relpath(p, out)
     counts = labels["regime"].value_counts()
     md = [f"# Regime report: {study.name}", "",
           f"Results folder: `{study.root}`; {len(labels)} trials; axes: "
-          f"{', '.join(f'`{a}`' for a in study.axes) or 'none'}; seeds: {len(study.seeds)}.", "",
-          "Regimes (Kodryan et al. 2022): **convergence** (train loss -> 0), **chaotic equilibrium** "
-          "(loss and effective gradient norm stable at a nonzero level, accuracy above chance), "
-          "**divergence** (chance accuracy, loss ~ ln C, or NaN/inf), **unresolved** (still trending "
-          "at the end: train longer).", "",
-          "| regime | trials |", "|---|---|"]
-    md += [f"| {k} | {counts.get(k, 0)} |" for k in R.LABELS]
+          f"{', '.join(f'`{a}`' for a in study.axes) or 'none'}; seeds: {len(study.seeds)}.", ""]
+    if partial_line(labels):
+        md += [f"**{partial_line(labels)}**; the per-setting table marks where.", ""]
+    md += ["Regimes (Kodryan et al. 2022): **convergence** (train loss -> 0), **chaotic equilibrium** "
+           "(loss and effective gradient norm stable at a nonzero level, accuracy above chance), "
+           "**divergence** (chance accuracy, loss ~ ln C, or NaN/inf), **unresolved** (still trending "
+           "at the end: train longer)"
+           + ("; **errored**: the trial failed before its record showed a regime (left out of the "
+              "boundaries)" if counts.get(ERRORED, 0) else "") + ".", "",
+           "| regime | trials |", "|---|---|"]
+    md += [f"| {k} | {counts.get(k, 0)} |" for k in _shown_labels(counts)]
     md += ["", *schedule_md]
     md += ["## Boundaries", ""]
     if x:
         md += [f"Where the regime changes along `{x}`: per seed the geometric midpoint of the two "
-               "neighbouring grid points with different labels (unresolved points stepped over); when "
+               "neighbouring grid points with different labels (unresolved and errored points stepped "
+               "over); when "
                "labels near a boundary are out of regime order, the cut that contradicts the fewest of "
                "them (ties: the middle of the tied cuts), and `misordered` counts the contradicting "
                "labels over seeds. `value` is the geometric mean over seeds, `lo`/`hi` the range, "
-               "`log10_spread` the standard deviation of log10 over seeds.", ""]
+               "`log10_spread` the standard deviation of log10 over seeds. The figures draw each "
+               "boundary as its bracket (the grid points either side, over seeds) with the estimate "
+               "`value` as a thin marker.", ""]
     md.append(md_table(boundary_table(bounds)))
     for kind, title, text in (
             ("phase", "Phase diagrams", "Cell colour: majority regime over seeds; hatched cells with "
-             "`k/n`: seeds disagree; number: mean final test accuracy; black lines: boundaries along the "
-             "x axis for each row (error bars: range over seeds)."),
-            ("strip", "Regimes along the main axis", "Dots: one trial each, coloured by its regime; "
-             "shaded bands: majority regime; vertical lines: boundaries (grey band: spread over seeds)."),
-            ("curves", "Training curves", "As the paper's Figure 1: one line per value of the main "
-             "axis, first seed; legend gives each run's regime.")):
+             "`k/n`: seeds disagree; number: mean final test accuracy over seeds; boundaries along the "
+             "x axis for each row: a bar along the bottom of the row spanning the bracket (grid points "
+             "either side, over seeds; solid edge: convergence -> chaotic, dashed: chaotic -> "
+             "divergence) with a tick at the estimate. Axes not drawn are fixed at the value in the "
+             "file name. An off-grid study is drawn as one dot per trial."),
+            ("strip", "Regimes along the main axis", "Dots: one trial each, coloured by its regime "
+             "(hollow: still running); grey line: median over seeds; shaded bands: majority regime "
+             "(hatched: seeds disagree); grey spans: boundary brackets (grid points either side, over "
+             "seeds), thin vertical lines: boundary estimates; dotted: chance accuracy 1/C, dash-dot: "
+             "ln C."),
+            ("curves", "Training curves", "As the paper's Figure 1: per value of the main axis the mean "
+             "over seeds (geometric mean on log axes) as a line and the min-max over seeds as a band; "
+             "the legend gives the regime of each value's runs (k/n: seeds that disagree); dotted: "
+             "chance accuracy 1/C, dash-dot: ln C. One figure per setting of the other axes, named "
+             "after it.")):
         if figures[kind]:
             md += [f"## {title}", "", text, ""]
-            md += [f"![{p.stem}]({rel(p)})" for p in figures[kind]]
-            md.append("")
+            for p in figures[kind]:
+                md.append(f"![{p.stem}]({rel(p)})")
+                also = [f"[{f}]({rel(p.with_suffix('.' + f))})" for f in formats if f != p.suffix[1:]]
+                if also:
+                    md.append(f"({p.stem}: also " + ", ".join(also) + ")")
+                md.append("")
     md += ["## Regime per setting", "", md_table(regime_table(study, labels, x))]
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
