@@ -39,12 +39,23 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    help="delete <storage>/<name>/ and start over instead of resuming")
     p.add_argument("--num-cpus", type=int, default=None,
                    help="CPUs of the in-process Ray (default: all); ignored with --address")
-    p.add_argument("--quiet", action="store_true", help="no Ray Tune progress table")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="print only the summary at the end")
+    shown.add_argument("--verbose", action="store_true",
+                       help="Ray Tune's own output (its trial tables) and the trials' logs, instead of one line "
+                            "per finished trial and a progress line")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files: tensorboard --logdir <storage>/<name>")
 
 
 def sweep_main(args) -> int:
     from .spec import preflight
 
+    if args.verbose and not sys.stdout.isatty():
+        # the trials' logs without colour codes (read when Ray is imported): no coloured prefixes,
+        # and no de-duplication, whose "[repeated Nx across cluster]" notes are always green
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     study = spec_mod.load(args.spec)
     if args.num_cpus is not None and args.num_cpus < 1:
         raise ConfigError("--num-cpus", f"{args.num_cpus} is out of range; allowed: >= 1")
@@ -59,10 +70,17 @@ def sweep_main(args) -> int:
         print(f"warning: {e} (on this machine; the cluster's nodes that run trials need it)", file=sys.stderr)
     if not args.restart:
         preflight.check_same_spec(study, args.storage, lambda: _resumable(store))
-    print(_summary_line(args.spec, study))
-    grid = run_study(study, store, address=args.address, restart=args.restart,
-                     num_cpus=args.num_cpus, verbose=0 if args.quiet else 1)
+    print(_summary_line(args.spec, study), flush=True)
+    display = () if args.quiet or args.verbose else (_console(study),)
+    grid = run_study(study, store, address=args.address, restart=args.restart, num_cpus=args.num_cpus,
+                     verbose=1 if args.verbose else 0, display=display, tensorboard=args.tensorboard)
     return report(study, store, grid)
+
+
+def _console(study: Study):
+    from .console import Console
+
+    return Console(study)
 
 
 def _resumable(store: StudyStore) -> bool:
@@ -129,33 +147,49 @@ def _print_brackets(store: StudyStore) -> None:
 # --- the study ---------------------------------------------------------------
 def run_study(study: Study, store: StudyStore | str = "results", *, address: str | None = None,
               restart: bool = False, num_cpus: int | None = None, verbose: int = 1,
-              callbacks: tuple = ()):
+              callbacks: tuple = (), display: tuple = (), tensorboard: bool = False):
     """Run (or resume) `study`; returns Tune's ResultGrid. Starts Ray in-process unless it is up.
-    Holds the study's lock throughout: a second driver of the same study is refused."""
+    Holds the study's lock throughout: a second driver of the same study is refused.
+
+    `verbose`: Tune's verbosity (0: silent, and the in-process Ray keeps the trials' logs and its
+    own INFO lines to itself). `display`: callbacks showing this driver session's progress (the
+    sweep's Console); with `tensorboard` Tune's TensorBoard logger is one of them. A resumed study
+    gets this session's, not those it was started with."""
     if isinstance(store, str):
         store = StudyStore(store, study.name)
-    # The Parquet sink is the record: Tune keeps only its result.json per trial (no CSV/TensorBoard
-    # copies, which would also choke on the list of records in each report).
+    # The Parquet sink is the record: Tune keeps only its result.json per trial (no CSV copies, which
+    # would also choke on the list of records in each report; TensorBoard only when asked, given the
+    # scalars only: console.TensorBoardLogger).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    with StudyLock(store):        # one driver per study folder, before anything is touched
+    from .console import quiet_tune_logs
+
+    # one driver per study folder, before anything is touched; Tune's redundant warnings dropped
+    with StudyLock(store), quiet_tune_logs(verbose == 0):
         if restart:
             store.delete_all()
         return _run_locked(study, store, address=address, num_cpus=num_cpus, verbose=verbose,
-                           callbacks=callbacks)
+                           callbacks=callbacks, display=display, tensorboard=tensorboard)
 
 
-def _run_locked(study: Study, store: StudyStore, *, address, num_cpus, verbose, callbacks):
+def _run_locked(study: Study, store: StudyStore, *, address, num_cpus, verbose, callbacks, display=(),
+                tensorboard=False):
+    import logging
+
     import ray
     from ray import tune
 
+    from .console import TensorBoardLogger
     from .trainable import run_trial
+
+    display = (*display, *((TensorBoardLogger(),) if tensorboard else ()))
 
     started = False
     if not ray.is_initialized():
         # "local" never joins some other Ray on this machine; an address joins that cluster.
         ray.init(address=address or "local", num_cpus=None if address else num_cpus,
-                 include_dashboard=False, log_to_driver=verbose > 0)
+                 include_dashboard=False, log_to_driver=verbose > 0,
+                 logging_level=logging.INFO if verbose > 0 else logging.WARNING)
         started = True
     store.make_current()      # pickled sinks and searchers resolve to where the study is now
     try:
@@ -168,15 +202,33 @@ def _run_locked(study: Study, store: StudyStore, *, address, num_cpus, verbose, 
             print(f"resuming study '{study.name}' from {store.study_path}", flush=True)
             tuner = tune.Tuner.restore(store.study_path, trainable=trainable,
                                        resume_unfinished=True, resume_errored=True)
+            _this_session(tuner, verbose, display)
         else:
             store.clear_own_files()    # left by a driver that died before Tune saved any state
             _write_spec_copy(study, store)
-            tuner = _new_tuner(study, store, trainable, verbose, callbacks)
+            tuner = _new_tuner(study, store, trainable, verbose, (*callbacks, *display))
         grid = tuner.fit()
     finally:
         if started:
             ray.shutdown()
     return grid
+
+
+def _this_session(tuner, verbose: int, display: tuple) -> None:
+    """A restored Tuner runs with the run config saved when the study started (Tune has no
+    argument to change it): give it this session's verbosity and display callbacks in place of
+    the starting session's, keeping every other callback (the sink, ...)."""
+    from ray.tune.logger import TBXLoggerCallback
+
+    from .console import Console
+
+    local = getattr(tuner, "_local_tuner", None)      # None for a Ray client driver: left as saved
+    if local is None:
+        return
+    rc = local.get_run_config()
+    rc.callbacks = [c for c in rc.callbacks or [] if not isinstance(c, (Console, TBXLoggerCallback))] \
+        + list(display)
+    rc.verbose = verbose
 
 
 def _new_tuner(study: Study, store: StudyStore, trainable, verbose: int, callbacks: tuple):
@@ -329,6 +381,11 @@ def report(study: Study, store: StudyStore, grid) -> int:
     statuses = Counter(pq.read_table(trials_file, columns=["status"]).column("status").to_pylist()) \
         if trials_file.exists() else Counter()
     print(f"study '{study.name}': " + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())))
+    if grid:
+        from .console import study_summary
+
+        for line in study_summary(study, [(r.config or {}, r.metrics or {}) for r in grid]):
+            print(line)
     left = unfinished_trials(study, statuses, store)
     if left:
         print(f"interrupted: {left} trials unfinished; run the same command again to resume")
