@@ -29,7 +29,6 @@ Life of a run, in order:
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, ContextManager
 
@@ -96,7 +95,3 @@ class Technique:
 def overridden(techniques, method: str) -> list:
     """The bound `method` of each technique that overrides the base class's no-op."""
     return [getattr(t, method) for t in techniques if getattr(type(t), method) is not getattr(Technique, method)]
-
-
-def nullcontext() -> ContextManager:
-    return contextlib.nullcontext()
