@@ -131,7 +131,8 @@ def test_window_must_hold_pointwise():
 
 # The core on digits (convnet_si width 8, batch 16, sphere, ELR 3.85e-3, seed 0), epochs 1..20 as
 # recorded: at 0 (<= 0.01) from epoch 6, 4e-4..1.2e-3 at epochs 8-13, then thrown out of the
-# minimum by SGD noise at epoch 14; at epoch 20 the classifier says unresolved.
+# minimum by SGD noise at epoch 14; at epoch 20 its last 5 epochs (0.008..0.04) fall, but not
+# significantly: the classifier says chaotic equilibrium (not convergence).
 METASTABLE = {
     "train_loss": [0.0732, 0.184, 0.0935, 0.0227, 0.0474, 0.00844, 0.00401, 0.00104, 0.00124, 0.000686,
                    0.000575, 0.000402, 0.000379, 0.0293, 0.0559, 0.0258, 0.0423, 0.00823, 0.00834, 0.0127],
@@ -160,7 +161,7 @@ def test_windows_start_after_the_warm_up():
 
 
 def test_a_metastable_minimum_is_not_stopped_as_converged():
-    assert full_label(METASTABLE) == R.UNRESOLVED
+    assert full_label(METASTABLE) in (R.CHAOTIC, R.UNRESOLVED)
     assert first_stop(METASTABLE) is None                      # the default convergence window waits
     # with the general 4-epoch window it would have been stopped as converged, wrongly
     short = first_stop(METASTABLE, R.EarlyStop(converge_window=4))

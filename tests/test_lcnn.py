@@ -149,3 +149,17 @@ def test_spectral_conv_state_dict_round_trip_and_gradient():
     conv.train()
     conv(x).sum().backward()
     assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+
+
+def test_lcnn_head_is_a_plain_linear_and_every_conv_is_spectral():
+    """Documented deviation: the reference code spectral-normalises the final linear layer too;
+    ours is a plain Linear (the model builders take convs, norms and activations only)."""
+    from regimes.core.config import TrainConfig
+    from regimes.core.models import build_model
+    from regimes.techniques.lcnn import layers
+
+    cfg = TrainConfig(dataset="digits", model="convnet_lcnn", width=4, depth=2, mode="free", lr=0.1, epochs=1)
+    model = build_model(cfg, (1, 8, 8), 10, layers(cfg))
+    assert type(model.head) is nn.Linear
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(isinstance(m, SpectralConv2d) for m in convs)

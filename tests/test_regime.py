@@ -354,3 +354,110 @@ def test_change_point_agrees_with_brute_force_on_random_labels():
             assert (lo, hi) == (x[best[0] - 1], x[best[-1]])
             assert lo <= est <= hi
             assert hi_l > lo_l
+
+
+# ------------------------------------------------------------------ the trend test
+def _ar1(rng, n, phi, scale, burn=50):
+    e = rng.standard_normal(n + burn) * scale
+    y = np.zeros_like(e)
+    for i in range(1, e.size):
+        y[i] = phi * y[i - 1] + e[i]
+    return y[burn:]
+
+
+def test_t_p_value_matches_scipy():
+    """Oracle: scipy's Student-t survival function (an independent implementation)."""
+    stats = pytest.importorskip("scipy.stats")
+    from regimes.regime.classify import t_two_sided_p
+    for df in (1, 2, 3, 4, 7, 13, 30, 58):
+        for t in (0.0, 0.3, 1.1, 2.0, 3.7, 12.0):
+            assert t_two_sided_p(t, df) == pytest.approx(2 * stats.t.sf(t, df), abs=1e-12)
+            assert t_two_sided_p(-t, df) == t_two_sided_p(t, df)
+    assert t_two_sided_p(math.inf, 3) == 0.0
+
+
+def test_trend_test_without_correlation_is_the_textbook_ols_test():
+    from regimes.regime.classify import trend_test
+    stats = pytest.importorskip("scipy.stats")
+    t = np.arange(12.0)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        y = 0.05 * t + rng.standard_normal(12)
+        r = trend_test(t, y)
+        ref = stats.linregress(t, y)
+        if r["rho"] == 0.0:                   # no positive residual correlation: plain OLS
+            assert r["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+        else:                                 # correlation only ever widens the error
+            assert r["p"] >= ref.pvalue and abs(r["t"]) <= abs(ref.slope / ref.stderr)
+
+
+@pytest.mark.parametrize("phi", [0.0, 0.3])
+@pytest.mark.parametrize("n", [5, 15])
+def test_stationary_ar1_false_positive_rate_is_near_alpha(phi, n):
+    """Stationary AR(1) windows: the slope test at level alpha/2 rejects in about alpha/2 of draws
+    (at most, within a binomial 3-sigma band; at phi = 0.3 the short-window correction is
+    approximate: <= 2.5x)."""
+    from regimes.regime.classify import trend_test
+    rng = np.random.default_rng(int(phi * 10) + n)
+    level = R.RegimeRules().trend_alpha / 2
+    draws = 2000
+    rej = sum(trend_test(np.arange(n, dtype=float), _ar1(rng, n, phi, 1.0))["p"] < level for _ in range(draws))
+    sigma = math.sqrt(level * (1 - level) / draws)
+    assert rej / draws <= (1.0 if phi == 0 else 2.5) * level + 3 * sigma
+    if phi == 0:      # conservative (the bias correction of rho errs upward), but not vacuous
+        assert rej / draws >= 0.4 * level
+
+
+@pytest.mark.parametrize("noise", [0.02, 0.1, 0.3])
+def test_stationary_chaotic_runs_are_never_unresolved(noise):
+    """A chaotic plateau (level 0.5, accuracy 0.85) whose final window is stationary AR(1) noise of
+    several sizes: `unresolved` at most at the test's level over many draws; at small noise never."""
+    rng = np.random.default_rng(int(noise * 100))
+    draws, unresolved = 300, 0
+    for _ in range(draws):
+        loss = 0.5 + (LN_C - 0.5) * np.exp(-EPOCHS / 4.0) + _ar1(rng, T, 0.3, noise)
+        grad = 2.0 + _ar1(rng, T, 0.3, 0.2 * noise / 0.1)
+        acc = 0.85 + 0.01 * rng.standard_normal(T)
+        c = R.classify(loss, acc, np.abs(grad), C)
+        assert c.label in (R.CHAOTIC, R.UNRESOLVED), c.reason
+        unresolved += c.label == R.UNRESOLVED
+    assert unresolved / draws <= R.RegimeRules().trend_alpha * 2 + 3 * math.sqrt(0.1 * 0.9 / draws)
+    if noise <= 0.02:
+        assert unresolved == 0        # a change of a few % cannot clear the size floor
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_real_linear_trend_of_known_size_is_flagged(seed):
+    """A chaotic-looking run whose final 15 epochs drift by -40% of their level (noise 5% of the
+    level): flagged as a trend, with the statistic and threshold in the reason."""
+    rng = np.random.default_rng(seed)
+    loss = np.full(T, 0.6) + 0.03 * rng.standard_normal(T)
+    loss[-15:] = 0.7 - 0.28 * np.arange(15) / 14 + 0.03 * rng.standard_normal(15)
+    c = R.classify(loss, np.full(T, 0.8), np.full(T, 2.0), C)
+    assert c.label == R.UNRESOLVED, c.reason
+    assert c.evidence["loss_trend_p"] < R.RegimeRules().trend_alpha / 2
+    assert "p = " in c.reason and "< 0.025" in c.reason
+
+
+def test_a_noisy_chaotic_equilibrium_with_a_large_insignificant_change_is_chaotic():
+    """Recorded pattern (digits, batch 16, ELR 0.008-0.01): the loss moves by ~60% of its level
+    over the window but epoch-to-epoch noise is as large: no significant trend."""
+    rng = np.random.default_rng(7)
+    loss = 0.2 * np.exp(rng.normal(0, 0.6, T))            # lognormal plateau, huge relative noise
+    c = R.classify(loss, np.full(T, 0.95), 3.0 * np.exp(rng.normal(0, 0.4, T)), C)
+    assert c.label == R.CHAOTIC, c.reason
+    assert "no significant trend" in c.reason and ">= 0.025" in c.reason
+
+
+def test_every_label_states_its_statistic_and_threshold():
+    cases = [converging(), chaotic(), random_guesser(), still_falling()]
+    for loss, acc, grad in cases:
+        c = R.classify(loss, acc, grad, C)
+        assert any(ch.isdigit() for ch in c.reason)
+        if c.label in (R.CHAOTIC, R.UNRESOLVED):
+            assert "p = " in c.reason
+    # loss above ln C with accuracy clearly above chance, flat: chaotic, and the reason says so
+    rng = np.random.default_rng(0)
+    loss = 1.3 * LN_C + 0.1 * rng.standard_normal(T)
+    c = R.classify(loss, np.full(T, 0.35), np.full(T, 9.0), C)
+    assert c.label == R.CHAOTIC and "above ln C" in c.reason

@@ -96,3 +96,23 @@ def test_technique_studies_validate_and_digits_trial_runs(name):
     cfg = cfg.replace(epochs=1, subset=128, late_phase_start=1, swa_start=min(cfg.swa_start, 1))
     recs = list(Trainer(cfg).run())
     assert len(recs) == 1 and math.isfinite(recs[0]["test_loss"])
+
+
+def test_late_phase_epoch_restart_resumes_exactly_and_differs_from_carry():
+    """5 steps per epoch, K = 3: under `restart` each epoch drops an unfinished cycle; a resumed
+    run equals the uninterrupted one, and the result differs from `carry`."""
+    kw = dict(model="convnet_si_af", mode="free", lr=0.05, momentum=0.9, epochs=3, late_phase_k=3,
+              late_phase_start=1, batch_size=48)
+    cfg = TrainConfig.from_dict({**BASE, **kw, "late_phase_boundary": "restart"})
+    full = list(Trainer(cfg).run())
+    t = Trainer(cfg)
+    it = t.run()
+    next(it)
+    sd = t.state_dict()
+    resumed = Trainer(cfg)
+    resumed.load_state_dict(sd)
+    last = list(resumed.run())[-1]
+    for key in ("train_loss", "test_loss", "test_acc_ensemble"):
+        assert last[key] == full[-1][key], key
+    carry = list(Trainer(TrainConfig.from_dict({**BASE, **kw})).run())
+    assert carry[-1]["train_loss"] != full[-1]["train_loss"]

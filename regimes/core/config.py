@@ -195,6 +195,9 @@ class LatePhaseFields(_Group):
     late_phase_noise: float = knob(0.0, "std of the Gaussian added to members > 0 at T0", min=0.0)
     late_phase_reduce: str = knob("sum", "shared weights step with the sum (seed) or mean of K gradients",
                                   choices=("sum", "mean"))
+    late_phase_boundary: str = knob("carry", "epoch boundary: carry (a K-cycle runs on into the next "
+                                    "epoch) or restart (member 0 each epoch, an unfinished cycle's "
+                                    "shared gradient dropped: the reference code)", choices=("carry", "restart"))
 
     def _check_late_phase(self):
         if self.late_phase_k > 1 and self.late_phase_start > self.epochs:

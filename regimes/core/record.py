@@ -40,8 +40,10 @@ FIELDS: tuple[Field, ...] = (
     Field("elr", "effective learning rate of the epoch's last step (sphere: the schedule's ELR; "
           "free: lr / si_norm^2)", "per step"),
     Field("lr", "learning rate of the SI weights' optimiser group at the epoch's last step", "per step"),
-    Field("eff_grad_norm", "mean over the epoch's minibatches of ||grad_SI L|| * ||w_SI|| "
-          "(the gradient at unit norm)", ""),
+    Field("eff_grad_norm", "mean over the epoch's minibatches of ||grad_SI L_batch|| * ||w_SI|| "
+          "(the gradient at unit norm), each at the weights before that step and on that step's "
+          "(augmented) batch; not the one end-of-epoch measure of the three-regimes reference code",
+          ""),
     Field("angular_update", "mean per-step angle between consecutive SI weight vectors", "radians"),
     Field("samples_per_s", "training throughput of the epoch (steps x batch / train time)", "examples/s"),
     Field("time_s", "wall time of the run so far (training and measures)", "s"),
@@ -65,7 +67,9 @@ FIELDS: tuple[Field, ...] = (
     # --- curvature (NaN when not due) ------------------------------------------------------------
     Field("sharpness", "top Hessian eigenvalue of the train loss w.r.t. the parameters (Lanczos)", "",
           "curvature"),
-    Field("hess_trace", "Hutchinson estimate of the Hessian trace", "", "curvature"),
+    Field("hess_trace", "Hutchinson estimate of tr(H), H the Hessian of the mean train loss (on "
+          "curvature_subset) w.r.t. the trained parameters; the total trace, not divided by the number N "
+          "of parameters (the three-regimes reference code reports tr(H)/N)", "", "curvature"),
     Field("input_curvature_mean", "mean over examples of |u'H_x u| / ||g_x|| (input Hessian, power "
           "iteration)", "", "curvature"),
     Field("input_curvature_std", "standard deviation of the same over examples", "", "curvature"),

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .classify import CHAOTIC, CONVERGENCE, DIVERGENCE, Classification, RegimeRules, _as_array, _trend, classify
+from .classify import CHAOTIC, CONVERGENCE, DIVERGENCE, Classification, RegimeRules, _as_array, classify, trend_test
 
 # Default convergence window of early stopping (measured epochs at loss ~0; see EarlyStop).
 CONVERGE_WINDOW = 9
@@ -103,9 +103,9 @@ def stop_decision(train_loss, train_acc, eff_grad_norm, num_classes: int, *, div
     if now.label == CONVERGENCE:
         ok = bool(np.all(lw <= rules.converge_loss))
     elif now.label == DIVERGENCE:
-        rel, tstat = _trend(t[win], lw)
-        falling = math.isfinite(rel) and rel <= -rules.stable_loss_change and not (
-            math.isfinite(tstat) and abs(tstat) < rules.trend_t)
+        tr = trend_test(t[win], lw)       # the classifier's trend rule, on the stop window
+        falling = math.isfinite(tr["rel"]) and tr["rel"] <= -rules.stable_loss_change and not (
+            math.isfinite(tr["p"]) and tr["p"] >= rules.trend_alpha / 2)
         ok = (acc is not None and float(np.mean(acc[win])) <= 1.0 / C + rules.chance_margin
               and bool(np.all(acc[win] < 1.0 / C + rules.above_chance_margin))
               and bool(np.all(lw >= stop.diverge_stop_loss * math.log(C))) and not falling)

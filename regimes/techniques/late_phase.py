@@ -120,6 +120,12 @@ class LatePhase:
             v.copy_(b)
         member["momentum"] = [self._momentum(p) for _, _, p in self.params]
 
+    def restart_cycle(self) -> None:
+        """Start a new K-cycle at member 0 now: the shared gradient of an unfinished cycle is
+        dropped (the next before_step clears it), as the reference code does at every epoch."""
+        if self.started and self.t % self.k:
+            self.t += self.k - self.t % self.k
+
     # --- one minibatch ------------------------------------------------------------
     def before_step(self) -> None:
         """Before the forward pass: put member t mod K into the model and clear the
@@ -252,7 +258,14 @@ class LatePhaseWeights(Technique):
     member/shared schedule above and evaluation uses the members' averaged layer outputs.
     Measures the ensemble's test accuracy and loss. With late-phase weights,
     `eff_grad_norm` is read after each backward, i.e. from the shared gradient accumulated
-    so far in the current K-cycle. The member counter `t` is in the checkpoint."""
+    so far in the current K-cycle. The member counter `t` is in the checkpoint.
+
+    Epoch boundary (`late_phase_boundary`): "carry" (default) lets a K-cycle run on across
+    epochs, so every minibatch's gradient reaches the shared weights and member t mod K
+    counts minibatches since T0; "restart" begins every epoch at member 0 and drops the
+    shared gradient of a cycle left unfinished at the epoch's end, as the reference code
+    does (its member loop restarts with each data-loader pass). The two differ only when
+    the steps per epoch are not a multiple of K."""
 
     name = "late_phase"
     measures = ("test_acc_ensemble", "test_loss_ensemble")
@@ -270,6 +283,8 @@ class LatePhaseWeights(Technique):
     def epoch_start(self, epoch: int) -> None:
         if epoch == self.run.cfg.late_phase_start and not self.lp.started:
             self.lp.start()
+        elif self.run.cfg.late_phase_boundary == "restart":
+            self.lp.restart_cycle()
 
     def overrides(self) -> Overrides | None:
         if not self.lp.started:

@@ -7,6 +7,10 @@ statistics, so `evaluate_model()` returns a copy of the model holding the
 averaged parameters with BN running statistics *recomputed*: reset, then one
 train-mode pass over the training set (no augmentation) with cumulative
 averaging (momentum=None), then eval mode. The training model is untouched.
+
+With late-phase weights the average is of the members' parameter mean (see
+`StochasticWeightAveraging.epoch_end`): a single averaged network, not the
+reference code's per-member BN recomputation followed by averaged layer outputs.
 """
 from __future__ import annotations
 
@@ -97,8 +101,11 @@ class StochasticWeightAveraging(Technique):
     def epoch_end(self, epoch: int) -> None:
         if epoch < self.run.cfg.swa_start:
             return
-        # with late-phase weights, SWA averages the members' mean (equal to averaging
-        # their outputs once BN statistics are recomputed, for BN affine and the head)
+        # with late-phase weights, SWA averages one network: shared weights plus the members'
+        # *parameter* mean (BN statistics recomputed for it at evaluation). The reference code
+        # instead recomputes BN statistics per member and averages the late-phase layers'
+        # outputs; the two agree at the first late-phase layer only (each later layer sees
+        # member-specific inputs there), so the averaged models' logits differ (~2% of their size)
         lp = self.run.techniques.get("late_phase")
         ctx = lp.lp.mean_members() if lp is not None and lp.lp.started else contextlib.nullcontext()
         with ctx:
