@@ -5,6 +5,11 @@ Core (no Ray needed):
     for rec in train(TrainConfig(dataset="digits", elr=1e-2, epochs=30)):
         ...
 
+Packed (K configs as one network, one record per member and epoch):
+    from regimes import train_pack
+    for recs in train_pack([cfg.replace(elr=e) for e in (1e-3, 1e-2, 1e-1)]):
+        ...                                   # {member index: record}
+
 The names are imported on first use, so `import regimes.core.config` (the CLI's
 help, a spec check) does not pay for importing torch.
 """
@@ -13,10 +18,11 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "TrainConfig", "Trainer", "train", "__version__"]
+__all__ = ["ConfigError", "PackedTrainer", "TrainConfig", "Trainer", "train", "train_pack", "__version__"]
 
 _PUBLIC = {"ConfigError": "regimes.errors", "TrainConfig": "regimes.core.config",
-           "Trainer": "regimes.run", "train": "regimes.run"}
+           "Trainer": "regimes.run", "train": "regimes.run",
+           "PackedTrainer": "regimes.core.pack", "train_pack": "regimes.core.pack"}
 
 
 def __getattr__(name: str):

@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="results folder (same as out=DIR)")
     p.add_argument("--name", default="run", help="trial id of this run in the results folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--pack", action="append", default=[], metavar="key=v1,v2,..",
+                   help="train every combination of these values as one packed network (repeatable; "
+                        "packable keys: the rates, their schedules, wd, momentum, noninv_lr, init_scale, seed); "
+                        "member k is trial <name>_m<k>")
     p.set_defaults(func=_train_main)
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -98,10 +102,13 @@ def _train_main(args) -> int:
             raise ConfigError(args.config, f"expected a mapping of config fields, got {type(data).__name__}")
         base = TrainConfig.from_dict(data or {}).to_dict()
     cfg = TrainConfig.from_cli(rest, base=base)
+    members = _pack_members(args.pack, rest, base)
     if out is not None:
         if not out.strip():
             raise ConfigError("out", "empty; expected a folder (created if missing)")
         check_writable(out, "out")
+    if members:
+        return _train_pack(members, out, args)
 
     from . import results
     from .run import Trainer
@@ -130,6 +137,76 @@ def _train_main(args) -> int:
     if out is not None:
         print(f"results: {Path(out) / 'epochs'} and {Path(out) / 'trials.parquet'}")
     return 0
+
+
+def _pack_members(specs: list[str], rest: list[str], base: dict) -> list[TrainConfig]:
+    """The configs of `--pack key=v1,v2 ...`: every combination, on top of the run's config."""
+    import itertools
+
+    from .core import packable
+
+    axes = {}
+    for spec in specs:
+        key, eq, values = spec.partition("=")
+        key = key.strip()
+        if not eq or not values.strip():
+            raise ConfigError("--pack", f"{spec!r}: expected key=v1,v2,.. (e.g. elr=1e-3,1e-2)")
+        if key not in TrainConfig.field_names():
+            raise ConfigError("--pack", f"{key!r} is not a TrainConfig field")
+        if key not in packable.PER_MEMBER:
+            raise ConfigError("--pack", f"{key} cannot differ within a pack; packable: "
+                              f"{', '.join(sorted(packable.PER_MEMBER))}")
+        if key in axes:
+            raise ConfigError("--pack", f"{key} given twice")
+        axes[key] = [v.strip() for v in values.split(",")]
+    cfgs = [TrainConfig.from_cli(rest + [f"{k}={v}" for k, v in zip(axes, combo)], base=base)
+            for combo in itertools.product(*axes.values())]
+    if cfgs:
+        packable.check(cfgs)
+    return cfgs
+
+
+def _train_pack(cfgs: list[TrainConfig], out, args) -> int:
+    """`regimes train --pack`: the members as one network; each member a trial of its own."""
+    from . import results
+    from .core.pack import PackedTrainer
+
+    trainer = PackedTrainer(cfgs)
+    records: dict[int, list[dict]] = {k: [] for k in range(len(cfgs))}
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfgs[0].epochs, unit="epoch", dynamic_ncols=True)
+    for recs in trainer.run():
+        for k, rec in recs.items():
+            records[k].append(rec)
+            if out is not None:
+                rows = results.epoch_rows(cfgs[k], records[k], study=Path(out).name)
+                for row in rows:
+                    row["pack_id"] = args.name
+                results.write_trial_epochs(out, f"{args.name}_m{k}", rows)
+        if bar is not None:
+            bar.set_postfix_str(f"{len(recs)} members training", refresh=False)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    summaries = []
+    for k, cfg in enumerate(cfgs):
+        last = records[k][-1]
+        status = "diverged" if last["diverged"] else "completed"
+        summaries.append(results.trial_summary(cfg, records[k], Path(out).name if out else "", f"{args.name}_m{k}",
+                                               status, extra={"pack_id": args.name}))
+        varied = " ".join(f"{key}={getattr(cfg, key)}" for key in _varied(cfgs))
+        print(f"member {k} ({varied}): " + _summary(cfg, last, status))
+    if out is not None:
+        results.upsert_trials(out, summaries)
+        print(f"results: {Path(out) / 'epochs'} and {Path(out) / 'trials.parquet'}")
+    return 0
+
+
+def _varied(cfgs: list[TrainConfig]) -> list[str]:
+    return [k for k in TrainConfig.field_names() if len({repr(getattr(c, k)) for c in cfgs}) > 1]
 
 
 def _progress(rec: dict) -> str:

@@ -3,6 +3,10 @@
 Layout under a study root (the CLI's `out`, or `<storage>/<study>` for sweeps):
 
     epochs/trial_id=<id>/data.parquet   hive-partitioned; trial_id comes from the path
+    epochs/trial_id=<id>/part-<first>-<last>.parquet
+                                        a running trial's newest rows (epochs first..last),
+                                        merged into data.parquet as the trial goes on and
+                                        when it ends: a finished trial has data.parquet only
     trials.parquet                      one row per trial: config, final_<measure>, status, provenance
 
 Epoch rows carry `study`, `epoch`, `step`, `schema_version`, every TrainConfig
@@ -10,14 +14,17 @@ field and every measure. Two config fields share their names with measures
 (`elr`, `lr`): the measure keeps the plain name (the rate actually used that
 epoch) and the config value is stored as `cfg_elr` / `cfg_lr`. In
 trials.parquet config fields keep their plain names and measures are prefixed
-`final_`. Every write is atomic (temp file in the same folder + os.replace), and
-a trial's file is always rewritten whole, so re-writing after a resume never
-duplicates rows. Readable by pandas, polars and DuckDB without this package.
+`final_`. Every write is atomic (temp file in the same folder + os.replace); the
+files of one trial partition never share an epoch once a write is done, so a
+dataset over `epochs/` has each (trial, epoch) once. Readable by pandas, polars
+and DuckDB without this package.
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -65,11 +72,29 @@ def trial_summary(cfg: TrainConfig | dict, records: list[dict], study: str, tria
     return row
 
 
+DATA_FILE = "data.parquet"       # a trial's rows from its first epoch on (all of them once it ended)
+_PART = re.compile(r"part-(\d+)-(\d+)\.parquet")
+
+
+def trial_folder(root, trial_id: str) -> Path:
+    return Path(root) / "epochs" / f"trial_id={trial_id}"
+
+
+def part_name(first: int, last: int) -> str:
+    """File name of a trial's rows of epochs first..last (zero-padded: listed in epoch order)."""
+    return f"part-{first:06d}-{last:06d}.parquet"
+
+
+def part_range(name: str) -> tuple[int, int] | None:
+    """(first, last) epochs of a part file's name; None for any other name."""
+    m = _PART.fullmatch(name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
 def write_trial_epochs(root, trial_id: str, rows: list[dict]) -> Path:
     """(Re)write one trial's epoch rows as epochs/trial_id=<id>/data.parquet, atomically."""
-    folder = Path(root) / "epochs" / f"trial_id={trial_id}"
     rows = [{k: v for k, v in r.items() if k != "trial_id"} for r in rows]
-    return atomic_write(table(rows), folder / "data.parquet")
+    return atomic_write(table(rows), trial_folder(root, trial_id) / DATA_FILE)
 
 
 def write_trials(root, rows: list[dict]) -> Path:
@@ -97,16 +122,20 @@ def table(rows: list[dict]) -> pa.Table:
     (an empty `knots` would otherwise be list<null> in one file and list<list<double>> in
     the next, and a dataset over both would not read)."""
     t = pa.Table.from_pylist(rows)
+    names = t.column_names
+    schema = t.schema
     for name, typ in _list_types().items():
         for col in (name, f"cfg_{name}"):
-            if col in t.column_names and t.schema.field(col).type != typ:
-                t = t.set_column(t.column_names.index(col), col, t.column(col).cast(typ))
+            if col in schema.names and schema.field(col).type != typ:
+                t = t.set_column(names.index(col), col, t.column(col).cast(typ))
     # a record field that is None in every row of this file (e.g. decided_regime of a trial that
     # was not stopped early) gets its declared type, not `null`: a dataset over files of several
     # trials takes one file's schema and cannot cast a string column to null
-    for i, f in enumerate(t.schema):
+    for i, f in enumerate(schema):
+        if not pa.types.is_null(f.type):
+            continue
         name = f.name[len("final_"):] if f.name.startswith("final_") else f.name
-        if pa.types.is_null(f.type) and name in record.BY_NAME:
+        if name in record.BY_NAME:
             t = t.set_column(i, f.name, t.column(i).cast(_ARROW[record.BY_NAME[name].kind]))
     return t
 
@@ -114,6 +143,7 @@ def table(rows: list[dict]) -> pa.Table:
 _ARROW = {float: pa.float64(), int: pa.int64(), bool: pa.bool_(), str: pa.string()}
 
 
+@functools.cache
 def _list_types() -> dict[str, pa.DataType]:
     import typing
 

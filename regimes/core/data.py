@@ -75,6 +75,23 @@ def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torc
     and the values do not depend on the layout."""
     if pad == 0 and not flip:
         return x
+    return apply_augment(x, pad, *augment_draws(len(x), pad, flip, gen, x.device))
+
+
+def augment_draws(n: int, pad: int, flip: bool, gen: torch.Generator, device) -> tuple:
+    """The random draws of `augment` for a batch of n, in its order: (dy, dx, mask); None where off.
+    A packed run draws each member's from the member's own generator (regimes.core.pack)."""
+    dy = dx = mask = None
+    if pad:
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(device)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(device)
+    if flip:
+        mask = torch.rand(n, generator=gen, device=gen.device).to(device) < 0.5
+    return dy, dx, mask
+
+
+def apply_augment(x: torch.Tensor, pad: int, dy, dx, mask) -> torch.Tensor:
+    """Crop each image of x at offset (dy, dx) of its zero-padded copy, then flip where `mask`."""
     n, c, h, w = x.shape
     nhwc = c > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     v = x.permute(0, 2, 3, 1) if nhwc else x           # a view either way
@@ -82,8 +99,6 @@ def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torc
     dev = x.device
     if pad:
         vp = torch.nn.functional.pad(v, (0, 0, pad, pad, pad, pad) if nhwc else (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(dev)
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(dev)
         rows = dy[:, None] + torch.arange(h, device=dev)                # (n, h)
         cols = dx[:, None] + torch.arange(w, device=dev)                # (n, w)
         if nhwc:
@@ -92,8 +107,7 @@ def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torc
         else:
             vp = vp.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * pad))
             v = vp.gather(3, cols[:, None, None, :].expand(n, c, h, w))
-    if flip:
-        mask = torch.rand(n, generator=gen, device=gen.device).to(dev) < 0.5
+    if mask is not None:
         v = torch.where(mask[:, None, None, None], v.flip(wd), v)
     return v.permute(0, 3, 1, 2) if nhwc else v
 

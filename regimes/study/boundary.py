@@ -51,7 +51,7 @@ from regimes.errors import ConfigError
 from regimes.regime import UNRESOLVED
 
 from .storage import BOUNDARIES
-from .trainable import REGIME_KEY      # the label the trainable reports with a trial's last result
+from .trainable import ENDED_KEY, MEMBERS_KEY, REGIME_KEY   # the labels the trainable reports
 
 ERRORED = "errored"            # a probe whose trial failed: splits gaps, brackets nothing
 SUMMARY_FILE = BOUNDARIES
@@ -116,13 +116,19 @@ class BoundarySearch(Searcher):
 
     def __init__(self, axis: str, lo: float, hi: float, resolution: float, budget: int,
                  probes_per_round: int, initial: int, lines: list[dict],
-                 summary_dir: str | os.PathLike | None = None, on_summary=None, store=None):
+                 summary_dir: str | os.PathLike | None = None, on_summary=None, store=None,
+                 pack: int = 1, pack_groups: list[list[int]] | None = None):
         super().__init__(metric=None, mode=None)
         self.axis, self.lo, self.hi = axis, float(lo), float(hi)
         self.resolution, self.budget = float(resolution), int(budget)
         self.probes_per_round, self.initial = int(probes_per_round), int(initial)
         self.lines = [Line(dict(p), queue=log_grid(self.lo, self.hi, self.initial)) for p in lines]
         self.trials: dict[str, tuple[int, float]] = {}     # Tune trial id -> (line, axis value)
+        # packed: up to `pack` probes per Tune trial, from lines of one group (lines that differ
+        # only in fields a pack's members may differ in: regimes.core.packable)
+        self.pack = int(pack)
+        self.pack_groups = pack_groups or [list(range(len(self.lines)))]
+        self.packs: dict[str, list[tuple[int, float]]] = {}   # packed Tune trial id -> its probes
         self.suggested = 0
         self.summary_dir = None if summary_dir is None else str(summary_dir)
         self.on_summary = on_summary                        # called after the summary file is written
@@ -133,8 +139,13 @@ class BoundarySearch(Searcher):
     @classmethod
     def from_study(cls, study, summary_dir=None, on_summary=None, store=None) -> "BoundarySearch":
         lo, hi = study.axis_range
+        lines = list(study.grid_points())
+        groups = None
+        if study.pack > 1:
+            index = {repr(sorted(p.items())): i for i, p in enumerate(lines)}
+            groups = [[index[repr(sorted(p.items()))] for p in g] for g in study.pack_groups(lines)]
         return cls(study.axis, lo, hi, study.resolution, study.budget, study.probes_per_round,
-                   study.initial, list(study.grid_points()), summary_dir, on_summary, store)
+                   study.initial, lines, summary_dir, on_summary, store, pack=study.pack, pack_groups=groups)
 
     # --- Tune's Searcher interface ------------------------------------------
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -143,8 +154,21 @@ class BoundarySearch(Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.suggested >= self.budget:
             return Searcher.FINISHED if not self._in_flight() else None
-        # first scans before refinements; among lines, the one with fewest trials in flight
-        order = sorted(range(len(self.lines)), key=lambda i: (not self.lines[i].queue, len(self.lines[i].pending), i))
+        if self.pack > 1:
+            return self._suggest_pack(trial_id)
+        picked = self._pick(range(len(self.lines)))
+        if picked is not None:
+            i, x = picked
+            self.trials[trial_id] = (i, x)
+            return {**self.lines[i].point, self.axis: x}
+        if all(line.done(self.resolution) for line in self.lines):
+            return Searcher.FINISHED
+        return None        # waiting for trials in flight to open or close brackets
+
+    def _pick(self, candidates) -> tuple[int, float] | None:
+        """The next probe among the lines `candidates`: first scans before refinements; among
+        lines, the one with fewest trials in flight. Marks it pending."""
+        order = sorted(candidates, key=lambda i: (not self.lines[i].queue, len(self.lines[i].pending), i))
         for i in order:
             line = self.lines[i]
             if line.queue:
@@ -156,24 +180,57 @@ class BoundarySearch(Searcher):
             else:
                 continue
             line.pending.add(x)
-            self.trials[trial_id] = (i, x)
             self.suggested += 1
-            return {**line.point, self.axis: x}
+            return i, x
+        return None
+
+    def _suggest_pack(self, trial_id: str) -> dict | str | None:
+        """Up to `pack` probes of one group of lines as one packed trial."""
+        for group in self.pack_groups:
+            probes = []
+            while len(probes) < self.pack and self.suggested < self.budget:
+                picked = self._pick(group)
+                if picked is None:
+                    break
+                probes.append(picked)
+            if probes:
+                self.packs[trial_id] = probes
+                return {MEMBERS_KEY: [{**self.lines[i].point, self.axis: x} for i, x in probes]}
         if all(line.done(self.resolution) for line in self.lines):
             return Searcher.FINISHED
-        return None        # waiting for trials in flight to open or close brackets
+        return None
+
+    def _label(self, i: int, x: float, label: str) -> bool:
+        line = self.lines[i]
+        if x not in line.pending:
+            return False   # already told (a resumed trial re-reporting its end)
+        line.pending.discard(x)
+        line.labels[x] = label
+        return True
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """A packed trial's members are labelled as they end, before the pack does."""
+        if trial_id in self.packs and result:
+            ended = result.get(ENDED_KEY) or {}
+            told = [self._label(i, x, str(ended[str(k)].get(REGIME_KEY) or UNRESOLVED))
+                    for k, (i, x) in enumerate(self.packs[trial_id]) if str(k) in ended]
+            if any(told):
+                self.write_summary()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.packs:
+            ended = {} if error or result is None else (result.get(ENDED_KEY) or {})
+            for k, (i, x) in enumerate(self.packs[trial_id]):
+                rec = ended.get(str(k))
+                self._label(i, x, ERRORED if rec is None else str(rec.get(REGIME_KEY) or UNRESOLVED))
+            self.write_summary()
+            return
         if trial_id not in self.trials:
             return
         i, x = self.trials[trial_id]
-        line = self.lines[i]
-        if x not in line.pending:
-            return         # already told (a resumed trial re-reporting its end)
-        line.pending.discard(x)
         label = ERRORED if error or result is None else str(result.get(REGIME_KEY) or UNRESOLVED)
-        line.labels[x] = label
-        self.write_summary()
+        if self._label(i, x, label):
+            self.write_summary()
 
     # --- state ---------------------------------------------------------------
     def _in_flight(self) -> bool:
@@ -185,6 +242,7 @@ class BoundarySearch(Searcher):
                 "lines": [{"point": line.point, "labels": sorted(line.labels.items()),
                            "pending": sorted(line.pending), "queue": list(line.queue)} for line in self.lines],
                 "trials": {tid: [i, x] for tid, (i, x) in self.trials.items()},
+                "packs": {tid: [[i, x] for i, x in probes] for tid, probes in self.packs.items()},
                 "suggested": self.suggested}
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -194,6 +252,8 @@ class BoundarySearch(Searcher):
                            pending={float(x) for x in d["pending"]}, queue=[float(x) for x in d["queue"]])
                       for d in state["lines"]]
         self.trials = {str(tid): (int(i), float(x)) for tid, (i, x) in state["trials"].items()}
+        self.packs = {str(tid): [(int(i), float(x)) for i, x in probes]
+                      for tid, probes in state.get("packs", {}).items()}
         self.suggested = int(state["suggested"])
 
     def save(self, checkpoint_path: str) -> None:

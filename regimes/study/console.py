@@ -34,7 +34,7 @@ from ray.tune.logger import TBXLoggerCallback
 from regimes import regime as R
 
 from .spec import Study
-from .trainable import DECIDED_KEY, RECORDS_KEY, REGIME_KEY
+from .trainable import DECIDED_KEY, ENDED_KEY, MEMBERS_KEY, RECORDS_KEY, REGIME_KEY, member_id, pack_members
 
 EVERY_S = 30.0          # progress line at most this often when stdout is not a terminal ...
 EVERY_SHARE = 0.1       # ... or each time another tenth of the trials is done
@@ -96,7 +96,8 @@ class Console(tune.Callback):
         self._seen: dict[str, tuple] = {}       # trial_id -> (when, its time_total_s) at its last report
         self._durations: list[float] = []       # wall time of the trials that finished in this session
         self._last: dict[str, dict] = {}        # trial_id -> its last result, without the records
-        self._printed: set[str] = set()
+        self._printed: set[str] = set()          # trials (members of packs) whose line is out
+        self._pack_last: dict[str, dict] = {}    # packed trial -> its members that ended so far
         self._max_running = 0
         self._shown = 0                         # length of the progress line on the terminal (0: none)
         self._last_progress: float | None = None
@@ -146,10 +147,35 @@ class Console(tune.Callback):
         return now
 
     def counts(self, trials, ending=None) -> tuple[int, int, int]:
-        """done, running, pending; `ending`: a trial Tune is ending (still RUNNING to Tune)."""
+        """done, running, pending trials; `ending`: a trial Tune is ending (still RUNNING to Tune).
+        In a packed study these count members (the study's trials), not Tune's packs."""
+        if self.study.pack > 1:
+            return self._member_counts(trials, ending)
+        done, running, pending = self._tune_counts(trials, ending)
+        total = max(self.study.num_trials(), len(trials))
+        return done, running, max(0, total - done - running)
+
+    def _tune_counts(self, trials, ending=None) -> tuple[int, int, int]:
         done = sum(t.status in _DONE or t is ending for t in trials)
         running = sum(t.status == "RUNNING" and t is not ending for t in trials)
-        total = max(self.study.num_trials(), len(trials))
+        if self.study.pack > 1 and self.study.kind == "grid":
+            total = max(len(self.study.packs(self.study.grid_points())), len(trials))
+        elif self.study.pack > 1:
+            total = max(math.ceil(self.study.num_trials() / self.study.pack), len(trials))
+        else:
+            total = max(self.study.num_trials(), len(trials))
+        return done, running, max(0, total - done - running)
+
+    def _member_counts(self, trials, ending=None) -> tuple[int, int, int]:
+        done = running = 0
+        for t in trials:
+            size = len((t.config or {}).get(MEMBERS_KEY) or ())
+            if t.status in _DONE or t is ending:
+                done += size
+            elif t.status == "RUNNING":
+                ended = sum(member_id(t.trial_id, k) in self._printed for k in range(size))
+                done, running = done + ended, running + size - ended
+        total = max(self.study.num_trials(), done + running)
         return done, running, max(0, total - done - running)
 
     def eta(self, trials, now: float, ending=None) -> float | None:
@@ -166,7 +192,7 @@ class Console(tune.Callback):
         if not self._durations:
             return None
         mean = sum(self._durations) / len(self._durations)
-        _, running, pending = self.counts(trials, ending)
+        _, running, pending = self._tune_counts(trials, ending)     # Tune's trials (packs when packed)
         left = pending * mean
         for t in trials:
             if t.status == "RUNNING" and t is not ending:
@@ -233,8 +259,44 @@ class Console(tune.Callback):
         parts.append(fmt_duration(wall))
         return f"{point}: " + ", ".join(parts)
 
+    def member_line(self, trial, k: int, point: dict, rec: dict | None, status: str) -> str:
+        """A packed trial's member, like a trial's line, with its pack."""
+        budget = self.study.config(point).epochs
+        if rec is None:
+            parts = ["errored (message at the end)" if status == "ERROR" else "no regime"]
+        else:
+            acc = rec.get("test_acc")
+            parts = [f"test_acc {acc:.4f}" if isinstance(acc, Real) and math.isfinite(acc) else "test_acc -",
+                     rec.get(REGIME_KEY) or "no regime", f"{rec.get('epoch')}/{budget} epochs"]
+        wall = self._ran(trial.trial_id, self._now()) if trial.trial_id in self._started else None
+        parts.append(f"pack {trial.trial_id} ({len(trial.config[MEMBERS_KEY])})")
+        if wall is not None:
+            parts.append(fmt_duration(wall))
+        return f"{fmt_point(point_of(self.study, point))}: " + ", ".join(parts)
+
+    def _members_ended(self, trials, trial, result: dict | None, status: str | None = None) -> None:
+        """A line per member of a packed trial that ended since the last report (all members
+        left when the pack itself ends: `status`)."""
+        for k, point, rec in pack_members(trial.config, result):
+            mid = member_id(trial.trial_id, k)
+            if mid in self._printed or (rec is None and status is None):
+                continue
+            self._printed.add(mid)
+            done, running, pending = self.counts(trials, trial if status else None)
+            self.line(f"[{done}/{done + running + pending}] " + self.member_line(trial, k, point, rec, status or ""))
+
     def _finished(self, trials, trial, status: str) -> None:
         now = self._now()
+        if MEMBERS_KEY in (trial.config or {}):
+            if trial.trial_id in self._started:
+                total = self._last.get(trial.trial_id, {}).get("time_total_s")
+                ran = self._ran(trial.trial_id, now)
+                self._durations.append(total if isinstance(total, Real) and math.isfinite(total) else ran)
+            self._members_ended(trials, trial, self._pack_last.get(trial.trial_id)
+                                or getattr(trial, "last_result", None), status)
+            self._started.pop(trial.trial_id, None)
+            self._progress(trials, force=True, ending=trial)
+            return
         result = self._last.get(trial.trial_id) or _scalars(getattr(trial, "last_result", None) or {})
         if trial.trial_id in self._started:
             ran = self._ran(trial.trial_id, now)
@@ -259,6 +321,9 @@ class Console(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._last[trial.trial_id] = _scalars(result)
+        if ENDED_KEY in result:
+            self._pack_last[trial.trial_id] = {ENDED_KEY: result[ENDED_KEY]}
+            self._members_ended(trials, trial, result)
         if isinstance(result.get("time_total_s"), Real):
             self._seen[trial.trial_id] = (self._now(), float(result["time_total_s"]))
         self._progress(trials)
@@ -272,7 +337,9 @@ class Console(tune.Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._started.pop(trial.trial_id, None)
         self._seen.pop(trial.trial_id, None)
-        self.line(f"{fmt_point(point_of(self.study, trial.config))}: failed "
+        what = (f"pack {trial.trial_id} ({len(trial.config[MEMBERS_KEY])} trials)" if MEMBERS_KEY in trial.config
+                else fmt_point(point_of(self.study, trial.config)))
+        self.line(f"{what}: failed "
                   f"({getattr(trial, 'num_failures', '?')}x); retried from its last checkpoint")
 
     def on_step_end(self, iteration, trials, **info):
@@ -295,9 +362,22 @@ def main_axis(study: Study, config: dict) -> str:
     return "elr" if study.config(config).mode == "sphere" else "lr"
 
 
+def member_results(trials: Iterable[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
+    """(config, last result) pairs with every packed trial replaced by one pair per member
+    (its point, and its last record with its regime, or {} if it has not ended)."""
+    out = []
+    for config, result in trials:
+        if MEMBERS_KEY in (config or {}):
+            out += [(point, rec or {}) for _, point, rec in pack_members(config, result)]
+        else:
+            out.append((config, result))
+    return out
+
+
 def study_summary(study: Study, trials: Iterable[tuple[dict, dict]]) -> list[str]:
     """Regime counts, the boundaries so far and the best trial, from (config, last result)
     pairs; trials that have not finished are left out."""
+    trials = member_results(trials)
     finished = [(c, r) for c, r in trials if regime_of(r)]
     if not finished:
         return []

@@ -237,9 +237,12 @@ def _new_tuner(study: Study, store: StudyStore, trainable, verbose: int, callbac
 
     from .search import make_scheduler, make_searcher
     from .sink import ParquetSink
-    from .trainable import ConfigErrorsFailOnce
+    from .trainable import MEMBERS_KEY, ConfigErrorsFailOnce
 
-    if study.kind == "grid":
+    if study.kind == "grid" and study.pack > 1:      # one Tune trial per pack of grid points
+        param_space = {MEMBERS_KEY: tune.grid_search(study.packs(study.grid_points()))}
+        search_alg, num_samples = None, 1
+    elif study.kind == "grid":
         param_space = {k: tune.grid_search(list(v)) for k, v in study.space.items()}
         search_alg, num_samples = None, 1
     elif study.kind == "boundary":

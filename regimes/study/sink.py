@@ -1,29 +1,47 @@
 """ParquetSink: a driver-side Ray Tune callback writing the study's Parquet.
 
-Each trial's rows live in memory on the driver (a dict epoch -> record) and
-the trial's whole file `epochs/trial_id=<id>/data.parquet` is rewritten
-atomically (regimes.results) after every report. That makes the sink
-idempotent across every kind of restart:
-- a trial retried from a checkpoint at epoch k reports k+1, k+2, ... again:
-  a report starting at epoch e first drops the trial's rows >= e;
-- a resumed driver (Tuner.restore) starts with empty memory: the first time it
-  sees a trial it reloads that trial's rows from its file, or, when the file is
-  missing or damaged (set aside), from the records saved with the trial's last
-  checkpoint (the trial then re-reports the epochs after it);
-- the sink writes where the study is now (a copied or moved study folder
-  resumes into itself: see storage.StudyStore).
-Rows are persisted before Tune's next experiment snapshot, so a trial never
-resumes from a checkpoint later than its last written row: nothing is lost.
+Each report's epoch records go to the trial's `TrialWriter`, which appends them
+to the trial's partition `epochs/trial_id=<id>/` (regimes.results): rows are
+kept in memory until the trial's first unwritten row is `flush_s` old (a
+trial's first report in a driver is written at once), then written as one new
+file `part-<first>-<last>.parquet`; once the parts hold as many rows as the
+trial's `data.parquet`, they are merged into it (rows written a constant number
+of times on average), and a trial that ends is merged into `data.parquet`
+alone. Every write is a new file renamed into place, so a driver's cost per
+row does not grow with the epochs or trials already written. A finished
+trial's rows and records leave driver memory; only its trials.parquet row stays.
 
-`trials.parquet` (one row per trial, status + provenance) is rewritten when a
-trial starts, ends or fails, and at the end of the experiment.
+The sink is idempotent across every kind of restart:
+- a trial retried from a checkpoint at epoch k reports k+1, k+2, ... again: a
+  report starting at epoch e first drops the trial's rows >= e (buffered, or in
+  files: parts from e on deleted, a file spanning e cut at e);
+- a resumed driver (Tuner.restore) starts with empty memory: the first time it
+  sees a trial it reads what the trial's partition holds (an unreadable file is
+  set aside as `.<name>.damaged`; files that overlap, left by a driver killed
+  mid-merge, are merged); rows missing before a report's first epoch (never
+  written, lost with a killed driver's buffer, or set aside) come from the
+  records saved with the trial's last checkpoint, which the trial resumed from:
+  rows after that checkpoint are reported again by the trial itself;
+- a trial that ends or fails is written out before Tune's next experiment
+  snapshot, so a finished trial is never left with rows in memory only;
+- the sink writes where the study is now (a copied or moved study folder
+  resumes into itself: see storage.StudyStore); with a URI storage each write
+  uploads the one new file, and removed files are removed there too.
+
+`trials.parquet` (one row per trial, status + provenance) holds the trials the
+sink knows: finished trials' rows are kept (as an Arrow table), running trials'
+rows are made from their last record. It is rewritten whole (a reader sees a
+complete table) at most every `table_s` seconds, when due at a trial event or a
+step of Tune's loop, and at the end of the experiment.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -34,10 +52,15 @@ from regimes.core.config import TrainConfig
 
 from .spec import Study
 from .storage import StudyStore
-from .trainable import DECIDED_KEY, RECORDS_FILE, RECORDS_KEY
+from .trainable import DECIDED_KEY, ENDED_KEY, MEMBERS_KEY, RECORDS_FILE, RECORDS_KEY, member_id
 
 log = logging.getLogger(__name__)
-_ROW_ONLY = ("study", "schema_version", "trial_id")
+_ROW_ONLY = ("study", "schema_version", "trial_id", "pack_id")
+PACK_COLUMN = "pack_id"   # packed studies: the Tune trial that trained a member (epochs and trials rows)
+FLUSH_S = 10.0     # a running trial's rows wait in memory at most this long (then one file)
+SMALL_BASE = 64    # a data.parquet of up to this many rows written by this driver stays in memory
+TABLE_S = 1.0      # trials.parquet is rewritten at most this often (and at the end), and
+TABLE_DUTY = 20.0  # ... at most once per this many times the last rewrite's duration
 
 
 def trial_status(tune_status: str, records: list[dict], cfg: TrainConfig, scheduled: bool = True) -> str:
@@ -69,11 +92,242 @@ def rows_to_records(rows: list[dict], cfg: TrainConfig) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in config_cols and k not in _ROW_ONLY} for r in rows]
 
 
+class TrialWriter:
+    """One trial's epoch rows, appended to its partition `epochs/trial_id=<trial_id>/`.
+
+    Keyed by a plain trial id and the trial's TrainConfig, not by a Tune trial: the
+    caller decides which id a report's records belong to. State in memory: the
+    unwritten rows, the last record and, per file on disk, its epoch range and row
+    count. `root` is the local study folder; `store` (optional) mirrors each change.
+    """
+
+    def __init__(self, root: Path, trial_id: str, cfg: TrainConfig, study: str, store: StudyStore | None = None,
+                 columns: dict | None = None):
+        self.root, self.trial_id, self.cfg, self.study, self.store = Path(root), trial_id, cfg, study, store
+        self.columns = dict(columns or {})        # constant columns of every row (a member's pack_id)
+        self.folder = results.trial_folder(root, trial_id)
+        self.files: dict[str, tuple[int, int, int]] = {}     # name -> (first, last, rows)
+        self.buffer: list[dict] = []                          # records not written yet, by epoch
+        self.since: float | None = None                       # clock when buffer[0] arrived
+        self.last: dict | None = None                         # the trial's newest record
+        self.writes = 0                                       # files written by this writer
+        self._base: list[dict] | None = None   # data.parquet's records while it is small and ours
+        self._load()
+
+    # --- what is there -------------------------------------------------------------------
+    @property
+    def epochs_done(self) -> int:
+        """Newest epoch held (written or buffered); 0 for none."""
+        if self.buffer:
+            return self.buffer[-1]["epoch"]
+        return max((f[1] for f in self.files.values()), default=0)
+
+    def _load(self) -> None:
+        """Read the partition's file list (and the newest row). Unreadable files are set
+        aside; files that overlap, or rows after a gap, are merged or dropped so that the
+        partition holds epochs from its first on with each epoch once."""
+        try:
+            names = sorted(n for n in os.listdir(self.folder) if n.endswith(".parquet"))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for name in names:
+            path = self.folder / name
+            if name != results.DATA_FILE and results.part_range(name) is None:
+                continue                          # not ours (readers would still see it)
+            table = _read_or_set_aside(path, columns=["epoch"])
+            if table is None or table.num_rows == 0:
+                continue
+            epochs = table.column("epoch").to_pylist()
+            self.files[name] = (min(epochs), max(epochs), len(epochs))
+        ordered = sorted(self.files.items(), key=lambda kv: kv[1][0])
+        expected = None
+        for i, (name, (first, last, n)) in enumerate(ordered):
+            if n != last - first + 1 or (expected is not None and first != expected):
+                log.warning("rows of trial %s overlap or have a gap at epoch %d: merging its files",
+                            self.trial_id, first)
+                self._merge(repair=True)
+                break
+            expected = last + 1
+        self.last = self._newest_record()
+
+    def _newest_record(self) -> dict | None:
+        if not self.files:
+            return None
+        newest = max(self.files, key=lambda k: self.files[k][1])
+        table = self._read(newest)
+        return rows_to_records(table.slice(table.num_rows - 1).to_pylist(), self.cfg)[-1]
+
+    # --- reports -------------------------------------------------------------------------
+    def add(self, records: list[dict], now: float, saved=None) -> None:
+        """Take one report's records (epochs in order). Rows at or after its first epoch are
+        dropped first (a retry re-reports from its checkpoint on); rows missing before it
+        come from `saved()`, the records of the checkpoint the trial resumed from."""
+        if not records:
+            return
+        first = records[0]["epoch"]
+        if first <= self.epochs_done:
+            self._drop_from(first)
+        done = self.epochs_done
+        if first > done + 1 and saved is not None:
+            missing = [r for r in saved() if done < r["epoch"] < first]
+            if missing:
+                log.warning("rebuilding rows of trial %s (epochs %d-%d) from its checkpoint",
+                            self.trial_id, missing[0]["epoch"], missing[-1]["epoch"])
+            records = missing + list(records)
+        if not self.buffer:
+            self.since = now
+        self.buffer.extend(records)
+        self.last = records[-1]
+
+    def due(self, now: float, flush_s: float) -> bool:
+        """Unwritten rows that should be written now: the first in this driver, or `flush_s` old."""
+        return bool(self.buffer) and (self.writes == 0 or now - self.since >= flush_s)
+
+    def flush(self) -> None:
+        """Write the buffered rows: as a new part file, or merged into data.parquet once the
+        parts would hold as many rows as it does."""
+        if not self.buffer:
+            return
+        base = self.files.get(results.DATA_FILE, (0, 0, 0))[2]
+        tail = sum(f[2] for n, f in self.files.items() if n != results.DATA_FILE)
+        if base == 0 or tail + len(self.buffer) >= base:
+            self._merge()
+            return
+        first, last = self.buffer[0]["epoch"], self.buffer[-1]["epoch"]
+        name = results.part_name(first, last)
+        self._write(name, results.table(self._rows(self.buffer)))
+        self.files[name] = (first, last, len(self.buffer))
+        self.buffer, self.since = [], None
+
+    def finish(self) -> None:
+        """The trial ended: everything into data.parquet alone."""
+        if self.buffer or any(n != results.DATA_FILE for n in self.files):
+            self._merge()
+
+    # --- files ---------------------------------------------------------------------------
+    def _rows(self, records: list[dict]) -> list[dict]:
+        rows = results.epoch_rows(self.cfg, records, self.study)
+        if self.columns:
+            for row in rows:
+                row.update(self.columns)
+        return rows
+
+    def ended(self) -> bool:
+        """The newest record is the run's last: diverged, decided (early stop) or the last epoch."""
+        r = self.last
+        return r is not None and bool(r.get("diverged") or r.get(DECIDED_KEY) or r["epoch"] >= self.cfg.epochs)
+
+    def _rel(self, name: str) -> str:
+        return f"epochs/trial_id={self.trial_id}/{name}"
+
+    def _write(self, name: str, table) -> None:
+        results.atomic_write(table, self.folder / name)
+        self.writes += 1
+        if self.store is not None:
+            self.store.push(self._rel(name))
+
+    def _remove(self, name: str) -> None:
+        self.files.pop(name, None)
+        try:
+            os.unlink(self.folder / name)
+        except FileNotFoundError:
+            pass
+        if self.store is not None:
+            self.store.delete(self._rel(name))
+
+    def _read(self, name: str):
+        return pq.ParquetFile(self.folder / name).read()
+
+    def _merge(self, repair: bool = False) -> None:
+        """data.parquet := every file's rows + the buffer, each epoch once (the newest file's
+        copy wins); then the parts go. data.parquet is renamed in before the parts are
+        removed: a driver killed between the two leaves overlapping files, which the next
+        driver merges again (repair)."""
+        import pyarrow as pa
+
+        if not repair and set(self.files) <= {results.DATA_FILE} and (self._base is not None or not self.files):
+            # a short trial: data.parquet's rows are still in memory, no need to read it back
+            records = (self._base or []) + self.buffer
+            merged = results.table(self._rows(records))
+            self._write(results.DATA_FILE, merged)
+            self.files = {results.DATA_FILE: (records[0]["epoch"], records[-1]["epoch"], len(records))}
+            self._base = records if len(records) <= SMALL_BASE else None
+            self.buffer, self.since = [], None
+            return
+        self._base = None
+        ordered = sorted(self.files, key=lambda n: (n != results.DATA_FILE, self.files[n][0]))
+        tables = [self._read(n) for n in ordered]
+        if self.buffer:
+            tables.append(results.table(self._rows(self.buffer)))
+        if not tables:
+            return
+        merged = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+        epochs = merged.column("epoch").to_pylist()
+        if any(b != a + 1 for a, b in zip(epochs, epochs[1:])):     # only after a crash (repair)
+            newest = {e: i for i, e in enumerate(epochs)}            # each epoch's last copy
+            keep = [newest[e] for e in sorted(newest)]
+            kept = sorted(newest)
+            for j in range(1, len(kept)):
+                if kept[j] != kept[j - 1] + 1:
+                    log.warning("trial %s has no rows for epochs %d-%d: its rows after them are dropped "
+                                "(the trial reports them again, or its checkpoint holds them)",
+                                self.trial_id, kept[j - 1] + 1, kept[j] - 1)
+                    keep = keep[:j]
+                    break
+            merged = merged.take(pa.array(keep, pa.int64()))
+        old = [n for n in self.files if n != results.DATA_FILE]
+        epochs = merged.column("epoch")
+        self._write(results.DATA_FILE, merged)
+        self.files = {results.DATA_FILE: (epochs[0].as_py(), epochs[-1].as_py(), merged.num_rows)}
+        for name in old:
+            self._remove(name)
+        self.buffer, self.since = [], None
+
+    def _drop_from(self, epoch: int) -> None:
+        """Forget every row at or after `epoch`: buffered, and in files (a part from `epoch`
+        on is deleted, a file spanning it is rewritten without those rows)."""
+        import pyarrow.compute as pc
+
+        self._base = None
+        self.buffer = [r for r in self.buffer if r["epoch"] < epoch]
+        if not self.buffer:
+            self.since = None
+        for name, (first, last, _) in sorted(self.files.items(), key=lambda kv: -kv[1][0]):
+            if first >= epoch:
+                self._remove(name)
+            elif last >= epoch:
+                table = self._read(name)
+                cut = table.filter(pc.less(table.column("epoch"), epoch))
+                keep = name if name == results.DATA_FILE else results.part_name(first, epoch - 1)
+                self._write(keep, cut)
+                self.files[keep] = (first, epoch - 1, cut.num_rows)
+                if keep != name:
+                    self._remove(name)
+        self.last = self.buffer[-1] if self.buffer else self._newest_record()
+
+
 class ParquetSink(tune.Callback):
-    def __init__(self, study: Study, store: StudyStore):
+    """Drives one TrialWriter per running trial and keeps trials.parquet (see the module doc).
+
+    `flush_s`: how long a trial's rows may wait in memory; `table_s`: the least time
+    between two rewrites of trials.parquet, and `table_duty`: the least multiple of the
+    last rewrite's duration between two (0 and 0: one rewrite per trial event); `clock`:
+    the time source in seconds (a benchmark's simulated time)."""
+
+    def __init__(self, study: Study, store: StudyStore, flush_s: float = FLUSH_S, table_s: float = TABLE_S,
+                 table_duty: float = TABLE_DUTY, clock=time.monotonic):
         self.study = study
         self.store = store
-        self._records: dict[str, dict[int, dict]] = {}    # trial_id -> epoch -> record
+        self.flush_s, self.table_s, self.table_duty, self.clock = flush_s, table_s, table_duty, clock
+        self._reset()
+
+    def _reset(self) -> None:
+        self._writers: dict[str, TrialWriter] = {}        # trial_id -> writer (running trials)
+        self._finished: dict[str, dict] = {}              # trial_id -> trials row, not yet in _table
+        self._table = None                                # trials rows of finished trials (pyarrow)
+        self._in_table: set[str] = set()                  # trial ids in _table
+        self._ended: set[str] = set()                     # trials finish() took (a row or none)
+        self._checked: set[str] = set()                   # trials whose partition was looked at
         self._where: dict[str, dict] = {}                 # trial_id -> host/device it last ran on
         self._versions: dict | None = None
         self._resumed = False
@@ -81,10 +335,22 @@ class ParquetSink(tune.Callback):
         self._stepping = False                 # inside a step of Tune's event loop (see on_step_begin)
         self._looped = False                   # Tune's loop has run a step with this sink
         self._after_loop: set[str] = set()     # trials that ended after Tune's final snapshot
+        self._table_written: float | None = None    # clock of the last trials.parquet write
+        self._table_cost = 0.0                      # seconds that write took
+        self._table_dirty = False                   # a trial started or ended since
+        self._swept = -math.inf                # clock of the last look for rows due (on_step_end)
+        self._members: dict[str, list[tuple[str, TrainConfig]]] = {}   # packed trial -> (member id, config)
+
+    _KEEP = ("study", "store", "flush_s", "table_s", "table_duty", "clock")
 
     def __getstate__(self):        # Tune pickles callbacks with the run config: no rows in there
-        return {**self.__dict__, "_records": {}, "_where": {}, "_resumed": False, "_failures": {},
-                "_stepping": False, "_looped": False, "_after_loop": set()}
+        return {k: self.__dict__[k] for k in self._KEEP if k in self.__dict__}
+
+    def __setstate__(self, state):
+        self.__dict__.update({"flush_s": FLUSH_S, "table_s": TABLE_S, "table_duty": TABLE_DUTY,
+                              "clock": time.monotonic})
+        self.__dict__.update({k: state[k] for k in self._KEEP if k in state})
+        self._reset()
 
     def _load_previous_where(self) -> None:
         """Host/device and failure counts of trials that ran under a previous driver."""
@@ -107,35 +373,79 @@ class ParquetSink(tune.Callback):
 
     def on_step_end(self, iteration, trials, **info):
         self._stepping = False
+        now = self.clock()
+        if now - self._swept >= 1.0:               # rows of trials that stopped reporting
+            self._swept = now
+            for w in self._writers.values():
+                if w.due(now, self.flush_s):
+                    w.flush()
+        self._maybe_write_trials(trials)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._write_trials(trials)
+        self._table_dirty = True
+        self._maybe_write_trials(trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        new = result.get(RECORDS_KEY)
-        if not new:
+        if MEMBERS_KEY in result:
+            self._pack_result(trial, result)
+            self._maybe_write_trials(trials)
             return
-        store = self._trial_records(trial)
-        first = new[0]["epoch"]
-        for e in [e for e in store if e >= first]:      # a retry re-reports from its checkpoint on
-            del store[e]
-        for rec in new:
-            store[rec["epoch"]] = rec
-        if "trial_host" in result:
-            self._where[trial.trial_id] = {"host": result["trial_host"], "device": result["trial_device"]}
-        self._write_epochs(trial)
+        new = result.get(RECORDS_KEY)
+        if new:
+            w = self._writers.get(trial.trial_id)
+            cfg = w.cfg if w is not None else self._config(trial)      # building one costs ~1 ms
+            self.report(trial.trial_id, cfg, new, saved=lambda: _checkpoint_records(trial),
+                        where=result)
+        self._maybe_write_trials(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if self._looped and not self._stepping:
-            self._after_loop.add(trial.trial_id)
-        self._write_trials(trials)
+        # Tune calls this just before it marks the trial TERMINATED
+        after_loop = self._looped and not self._stepping
+        for uid, cfg in self._units(trial):
+            if after_loop:
+                self._after_loop.add(uid)
+            if uid not in self._ended or uid == trial.trial_id:
+                self.finish(uid, cfg, trial, "TERMINATED")
+        self._maybe_write_trials(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._write_trials(trials)
+        for uid, cfg in self._units(trial):
+            if uid not in self._ended or uid == trial.trial_id:   # a pack's ended members stay as they ended
+                self.finish(uid, cfg, trial, "ERROR")
+        self._maybe_write_trials(trials)
+
+    # --- packed trials: every member is a trial of its own ---------------------------------
+    def _units(self, trial) -> list[tuple[str, TrainConfig]]:
+        """(trial id, config) of what a Tune trial trains: itself, or each member of a pack."""
+        if MEMBERS_KEY not in (trial.config or {}):
+            w = self._writers.get(trial.trial_id)
+            return [(trial.trial_id, w.cfg if w is not None else self._config(trial))]
+        if trial.trial_id not in self._members:
+            self._members[trial.trial_id] = [(member_id(trial.trial_id, k), self.study.config(p))
+                                             for k, p in enumerate(trial.config[MEMBERS_KEY])]
+        return self._members[trial.trial_id]
+
+    def _pack_result(self, trial, result) -> None:
+        """A packed trial's report: each member's records under its own id; members that ended
+        are finished (their rows merged, their trials row final) while the pack goes on."""
+        units = self._units(trial)
+        columns = {PACK_COLUMN: trial.trial_id}
+        for entry in result[MEMBERS_KEY]:
+            k = int(entry["member"])
+            if entry.get(RECORDS_KEY):
+                uid, cfg = units[k]
+                self.report(uid, cfg, entry[RECORDS_KEY], saved=lambda k=k: _checkpoint_records(trial, k),
+                            where=result, columns=columns)
+        for k in sorted(int(k) for k in (result.get(ENDED_KEY) or {})):
+            uid, cfg = units[k]
+            if uid not in self._ended:
+                self.finish(uid, cfg, trial, "TERMINATED", columns=columns)
 
     def on_experiment_end(self, trials, **info):
         """Also at Ctrl-C. Clean up after drivers that died before Tune's snapshot."""
-        known = {t.trial_id for t in trials}
+        for w in self._writers.values():
+            w.flush()
+        known = {t.trial_id for t in trials} | {uid for t in trials for uid, _ in self._units(t)}
         self._drop_orphans(known)
         if self.study.kind == "optuna":
             from .search import fail_stale_trials
@@ -143,65 +453,159 @@ class ParquetSink(tune.Callback):
             fail_stale_trials(self.study, self.store.journal_path, known)
         self._write_trials(trials)
 
-    # --- rows ----------------------------------------------------------------
+    # --- per trial id (a Tune trial's id, or any id its reports are written under) -------------
+    def report(self, trial_id: str, cfg: TrainConfig, records: list[dict], saved=None, where=None,
+               columns: dict | None = None) -> None:
+        """Records of one report for `trial_id`; `saved()` gives the records of its checkpoint;
+        `columns`: constant columns of its rows and trials row (a member's pack_id)."""
+        if trial_id in self._ended:
+            self._unfinish(trial_id)          # e.g. an errored trial run again
+        w = self._writer(trial_id, cfg, saved, columns)
+        now = self.clock()
+        w.add(records, now, saved=saved)
+        if where and "trial_host" in where:
+            self._where[trial_id] = {"host": where["trial_host"], "device": where["trial_device"]}
+        if w.due(now, self.flush_s):
+            w.flush()
+
+    def finish(self, trial_id: str, cfg: TrainConfig, trial, tune_status: str, columns: dict | None = None) -> None:
+        """The trial ended (`tune_status` TERMINATED or ERROR): rows out to data.parquet, its
+        trials row kept, the writer and its rows dropped from memory."""
+        if trial_id in self._ended:
+            self._unfinish(trial_id)
+        member = self._member_index(trial, trial_id)
+        if member is not None:
+            columns = {PACK_COLUMN: trial.trial_id}
+        w = self._writer(trial_id, cfg, lambda: _checkpoint_records(trial, member), columns)
+        w.finish()
+        row = self._summary(trial_id, cfg, trial, w.last, tune_status, w.columns)
+        del self._writers[trial_id]
+        if row is not None:
+            self._finished[trial_id] = row
+        self._ended.add(trial_id)
+        self._table_dirty = True
+
     def epoch_file(self, trial_id: str) -> Path:
-        return self.store.local_dir / "epochs" / f"trial_id={trial_id}" / "data.parquet"
+        return results.trial_folder(self.store.local_dir, trial_id) / results.DATA_FILE
 
     def _config(self, trial) -> TrainConfig:
         return self.study.config(trial.config)
 
-    def _trial_records(self, trial) -> dict[int, dict]:
-        """The trial's records. The first time a driver sees a trial they come from its
-        Parquet file (written by an earlier driver); a missing or damaged file (set aside)
-        is rebuilt from the records saved with the trial's last checkpoint."""
-        tid = trial.trial_id
-        if tid not in self._records:
-            self._records[tid] = {}
-            table = _read_or_set_aside(self.epoch_file(tid))
-            if table is not None:
-                for rec in rows_to_records(table.to_pylist(), self._config(trial)):
-                    self._records[tid][rec["epoch"]] = rec
-            else:
-                saved = _checkpoint_records(trial)
-                if saved:
+    def _member_index(self, trial, trial_id: str) -> int | None:
+        """k if `trial_id` is member k of the packed `trial`, else None."""
+        if trial is None or trial_id == trial.trial_id or MEMBERS_KEY not in (trial.config or {}):
+            return None
+        return int(trial_id.rsplit("_m", 1)[1])
+
+    def _writer(self, trial_id: str, cfg: TrainConfig, saved=None, columns: dict | None = None) -> TrialWriter:
+        """The trial's writer, created (from what its partition holds) the first time. A trial
+        with no rows on disk gets them back from its checkpoint's records, if any."""
+        w = self._writers.get(trial_id)
+        if w is None:
+            w = self._writers[trial_id] = TrialWriter(self.store.local_dir, trial_id, cfg, self.study.name,
+                                                      self.store, columns)
+            self._checked.add(trial_id)
+            if w.epochs_done == 0 and saved is not None:
+                back = saved()
+                if back:
                     log.warning("rebuilding the rows of trial %s (epochs 1-%d) from its checkpoint",
-                                tid, saved[-1]["epoch"])
-                    self._records[tid] = {rec["epoch"]: rec for rec in saved}
-                    self._write_epochs(trial)
-        return self._records[tid]
+                                trial_id, back[-1]["epoch"])
+                    w.add(back, self.clock())
+                    w.flush()
+        return w
 
-    def _write_epochs(self, trial) -> None:
-        records = [r for _, r in sorted(self._trial_records(trial).items())]
-        rows = results.epoch_rows(self._config(trial), records, self.study.name)
-        results.write_trial_epochs(self.store.local_dir, trial.trial_id, rows)
-        self.store.push(f"epochs/trial_id={trial.trial_id}/data.parquet")
+    def _unfinish(self, trial_id: str) -> None:
+        import pyarrow.compute as pc
 
-    def _write_trials(self, trials) -> None:
+        self._ended.discard(trial_id)
+        self._finished.pop(trial_id, None)
+        if trial_id in self._in_table:
+            self._in_table.discard(trial_id)
+            self._table = self._table.filter(pc.not_equal(self._table.column("trial_id"), trial_id))
+
+    # --- trials.parquet ------------------------------------------------------------------
+    def _summary(self, trial_id: str, cfg: TrainConfig, trial, last: dict | None, tune_status: str,
+                 columns: dict | None = None) -> dict | None:
+        if last is None and tune_status not in ("ERROR", "RUNNING"):
+            return None            # pending (or ended without a record): nothing to say yet
         if not self._resumed:
             self._load_previous_where()
-        rows = []
-        for trial in trials:
-            records = [r for _, r in sorted(self._trial_records(trial).items())]
-            if not records and trial.status not in ("ERROR", "RUNNING"):
-                continue           # pending: nothing to say yet
-            cfg = self._config(trial)
-            # Tune's count can restart at 0 when an errored trial is resumed: keep the larger
-            failures = max(int(getattr(trial, "num_failures", 0)), self._failures.get(trial.trial_id, 0))
-            extra = {**self._provenance(), **self._where.get(trial.trial_id, {}), "num_failures": failures}
-            if records and records[-1].get(DECIDED_KEY):
-                extra["regime"] = records[-1][DECIDED_KEY]    # the report relabels every trial later
-            status = trial_status(trial.status, records, cfg, scheduled=self.study.scheduler is not None)
-            if trial.trial_id in self._after_loop and status != "errored":
-                status = "running"
-            rows.append(results.trial_summary(cfg, records, self.study.name, trial.trial_id, status,
-                                              extra=extra))
-        if not rows:
+        records = [last] if last is not None else []
+        # Tune's count can restart at 0 when an errored trial is resumed: keep the larger
+        failures = max(int(getattr(trial, "num_failures", 0)), self._failures.get(trial_id, 0))
+        extra = {**(columns or {}), **self._provenance(), **self._where.get(trial_id, {}), "num_failures": failures}
+        if last is not None and last.get(DECIDED_KEY):
+            extra["regime"] = last[DECIDED_KEY]    # the report relabels every trial later
+        status = trial_status(tune_status, records, cfg, scheduled=self.study.scheduler is not None)
+        if trial_id in self._after_loop and status != "errored":
+            status = "running"
+        return results.trial_summary(cfg, records, self.study.name, trial_id, status, extra=extra)
+
+    def _maybe_write_trials(self, trials) -> None:
+        """Rewrite trials.parquet if a trial started or ended since the last rewrite and that
+        was at least `table_s` ago and `table_duty` times as long ago as the rewrite took."""
+        if not self._table_dirty:
             return
-        _harmonise(rows)
-        results.write_trials(self.store.local_dir, rows)
+        if self._table_written is None or \
+                self.clock() - self._table_written >= max(self.table_s, self.table_duty * self._table_cost):
+            self._write_trials(trials)
+
+    def _write_trials(self, trials) -> None:
+        import pyarrow as pa
+
+        started = time.perf_counter()
+        if not self._resumed:
+            self._load_previous_where()
+        running = []
+        for trial in trials:
+            packed = MEMBERS_KEY in (trial.config or {})
+            if not packed and trial.trial_id in self._ended:
+                continue
+            for tid, cfg in self._units(trial):
+                if tid in self._ended:
+                    continue
+                columns = {PACK_COLUMN: trial.trial_id} if packed else None
+                if tid not in self._writers:
+                    if tid in self._checked and trial.status not in ("ERROR", "RUNNING", "TERMINATED"):
+                        continue
+                    self._checked.add(tid)
+                    if trial.status in ("TERMINATED", "ERROR"):
+                        # ended under an earlier driver: its rows are on disk (or in its checkpoint)
+                        self.finish(tid, cfg, trial, trial.status)
+                        continue
+                    w = TrialWriter(self.store.local_dir, tid, cfg, self.study.name, self.store, columns)
+                    if w.last is None and trial.status != "RUNNING":
+                        continue       # pending, nothing on disk
+                    self._writers[tid] = w
+                w = self._writers[tid]
+                if packed and w.ended():       # a member that ended while its pack goes on
+                    self.finish(tid, cfg, trial, "TERMINATED")
+                    continue
+                row = self._summary(tid, w.cfg, trial, w.last, trial.status, w.columns)
+                if row is not None:
+                    running.append(row)
+        if self._finished:
+            rows = list(self._finished.values())
+            _harmonise(rows)
+            new = results.table(rows)
+            self._table = new if self._table is None else pa.concat_tables([self._table, new],
+                                                                           promote_options="permissive")
+            self._in_table.update(self._finished)
+            self._finished = {}
+        parts = [t for t in (self._table,) if t is not None]
+        if running:
+            _harmonise(running)
+            parts.append(results.table(running))
+        self._table_written, self._table_dirty = self.clock(), False
+        if not parts:
+            return
+        table = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+        table = table.sort_by("trial_id")
+        results.atomic_write(table, self.store.local_dir / "trials.parquet")
         self.store.push("trials.parquet")
         if self.study.kind == "optuna":
             self.store.push("optuna.journal")
+        self._table_cost = time.perf_counter() - started
 
     def _drop_orphans(self, known: set[str]) -> None:
         """Remove epoch files of trials Tune does not know: written by a driver that died
@@ -215,6 +619,7 @@ class ParquetSink(tune.Callback):
                 log.warning("dropping rows of trial %s: unknown to the resumed Tune experiment", tid)
                 shutil.rmtree(d)
                 self.store.delete(f"epochs/{d.name}")
+                self._writers.pop(tid, None)
 
     def _provenance(self) -> dict:
         if self._versions is None:
@@ -236,7 +641,7 @@ def _harmonise(rows: list[dict]) -> None:
                 r[k] = None
 
 
-def _read_or_set_aside(path: Path):
+def _read_or_set_aside(path: Path, columns=None):
     """The Parquet table at `path`; None if there is none. A file that cannot be read (cut
     short by a crash, truncated by hand) is moved out of every reader's way to
     `.<name>.damaged` (hidden, no `.parquet` suffix) and None is returned, so it gets rebuilt."""
@@ -245,7 +650,7 @@ def _read_or_set_aside(path: Path):
     if not path.exists():
         return None
     try:
-        return pq.read_table(path, partitioning=None)
+        return pq.read_table(path, partitioning=None, columns=columns)
     except (pa.ArrowInvalid, OSError) as e:
         aside = path.with_name(f".{path.name}.damaged")
         os.replace(path, aside)
@@ -253,13 +658,15 @@ def _read_or_set_aside(path: Path):
         return None
 
 
-def _checkpoint_records(trial) -> list[dict]:
-    """The epoch records saved with the trial's latest checkpoint ([] if none)."""
+def _checkpoint_records(trial, member: int | None = None) -> list[dict]:
+    """The epoch records saved with the trial's latest checkpoint ([] if none); of member
+    `member` for a packed trial (its checkpoint holds one list per member)."""
     ckpt = getattr(trial, "checkpoint", None)
     if ckpt is None:
         return []
     try:
         with ckpt.filesystem.open_input_stream(f"{ckpt.path}/{RECORDS_FILE}") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError):
+            data = json.loads(f.read())
+        return data[member] if member is not None else data
+    except (OSError, ValueError, IndexError, TypeError):
         return []

@@ -147,22 +147,29 @@ def _spec(root: Path, notes: list[str]):
 
 
 def _epoch_files(root: Path) -> list[tuple[str, Path]]:
+    """(trial_id, its partition folder) of every trial with rows."""
     folder = root / "epochs"
     try:
         names = os.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [(n.split("=", 1)[1], folder / n / "data.parquet") for n in sorted(names) if n.startswith("trial_id=")]
+    return [(n.split("=", 1)[1], folder / n) for n in sorted(names) if n.startswith("trial_id=")]
 
 
 def _file_times(root: Path) -> dict[str, float]:
-    """trial_id -> mtime of its epoch file; a file gone since the listing is skipped."""
+    """trial_id -> newest mtime of its epoch files (data.parquet, and the part files a running
+    trial's newest rows are in); a file gone since the listing is skipped."""
     out = {}
-    for tid, f in _epoch_files(root):
+    for tid, folder in _epoch_files(root):
         try:
-            out[tid] = f.stat().st_mtime
+            names = [n for n in os.listdir(folder) if n.endswith(".parquet")]
         except (FileNotFoundError, NotADirectoryError):
-            pass
+            continue
+        for n in names:
+            try:
+                out[tid] = max(out.get(tid, 0.0), (folder / n).stat().st_mtime)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
     return out
 
 

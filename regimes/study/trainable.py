@@ -47,6 +47,10 @@ DECIDED_KEY = "decided_regime"   # in records: the label an early-stopped trial 
 TRAJECTORY = ("epoch", "train_loss", "train_acc", "eff_grad_norm")
 RECORDS_KEY = "records"          # list of epoch records in one report (the Parquet rows)
 CONFIG_ERROR_KEY = "config_error"   # in a report just before the trial raises: do not retry it
+MEMBERS_KEY = "members"          # a packed trial: in its config, the members' points; in a report, per
+                                 # member {"member": k, "records": [...], "regime": label once it is done}
+ENDED_KEY = "ended"              # a packed trial's report: member -> last record + regime, once ended
+LAST_RECORDS_FILE = "last_records.json"   # a packed trial's checkpoint: each member's last record
 WORST = 1e9                      # stand-in for a non-finite objective that is neither a loss nor an accuracy
 
 
@@ -139,10 +143,17 @@ def _fail_once(study: Study, config: dict, error: ConfigError):
     raise RuntimeError(message)
 
 
+def member_id(pack_trial_id: str, k: int) -> str:
+    """The trial id of member k of a packed Tune trial: each member is a trial in the results."""
+    return f"{pack_trial_id}_m{k}"
+
+
 def run_trial(config: dict, study: Study) -> None:
     """Function trainable: train one trial of `study`, reporting every epoch record."""
     # Tune moves the worker into the trial folder; a relative data_root means the job's folder.
     os.chdir(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd()))
+    if MEMBERS_KEY in config:
+        return run_pack(config[MEMBERS_KEY], study)
     try:
         cfg = study.config(config)
         trainer = Trainer(cfg)      # e.g. data_root missing on this node
@@ -208,3 +219,103 @@ def run_trial(config: dict, study: Study) -> None:
             pending = []
         if last:
             break
+
+
+def run_pack(points: list[dict], study: Study) -> None:
+    """Function trainable of a packed trial: the configs of `points` trained as one network
+    (regimes.core.pack). Each report carries, per member, its epoch records since the last
+    report (MEMBERS_KEY, for the sink) and, cumulatively, every member whose run has ended
+    (diverged, last epoch, regime decided) with its last record and `regime` (ENDED_KEY, for
+    the console, the searcher and the summary: a pack's last report has every member's last
+    word). A member that ends leaves the pack. A checkpoint holds the whole pack, each
+    member's last record and its records so far; a retried or resumed pack continues from it
+    for every member at once."""
+    from regimes.core.pack import PackedTrainer
+
+    try:
+        cfgs = [study.config(p) for p in points]
+        trainer = PackedTrainer(cfgs)
+    except ConfigError as e:
+        _fail_once(study, {MEMBERS_KEY: points}, e)
+    K = len(cfgs)
+    trajs = [Trajectory() for _ in range(K)]
+    history: list[list[dict]] = [[] for _ in range(K)]
+    last: dict[int, dict] = {}                      # member -> its last record so far
+    ended: dict[int, dict] = {}                     # member -> its last record + regime, once it ended
+    restored_from = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer.restore(os.path.join(d, CHECKPOINT_FILE))
+            with open(os.path.join(d, LAST_RECORDS_FILE)) as fh:
+                last = {int(k): r for k, r in json.load(fh).items()}
+            with open(os.path.join(d, RECORDS_FILE)) as fh:
+                history = json.load(fh)
+        for k in range(K):
+            for r in history[k]:
+                trajs[k].add(r)
+        restored_from = trainer.epoch
+        over = trainer.epoch >= cfgs[0].epochs
+        for k in last:
+            if over or k not in trainer.members:
+                ended[k] = {**last[k], REGIME_KEY: last[k].get(DECIDED_KEY) or trajs[k].label()}
+
+    def report(pending: dict[int, list[dict]], save: bool) -> None:
+        metrics = {MEMBERS_KEY: [{"member": k, RECORDS_KEY: recs} for k, recs in sorted(pending.items())],
+                   ENDED_KEY: {str(k): r for k, r in sorted(ended.items())},
+                   "epoch": trainer.epoch, "members_training": K - len(ended),
+                   "restored_from_epoch": restored_from, "trial_host": socket.gethostname(),
+                   "trial_device": str(trainer.device)}
+        if not save:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            trainer.save(os.path.join(d, CHECKPOINT_FILE))
+            with open(os.path.join(d, LAST_RECORDS_FILE), "w") as fh:
+                json.dump({str(k): r for k, r in last.items()}, fh)    # NaN/inf allowed: Python's json
+            with open(os.path.join(d, RECORDS_FILE), "w") as fh:
+                json.dump(history, fh)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    if len(ended) == K:
+        # Restored from the final checkpoint (the driver died before Tune saw the trial end):
+        # say every member's last word again so Tune and the searcher get it.
+        report({k: [r] for k, r in last.items()}, save=False)
+        return
+
+    stop = study.early_stop
+    pending: dict[int, list[dict]] = {}
+    for recs in trainer.run():
+        decided_now, ended_now = [], False
+        for k, rec in recs.items():
+            trajs[k].add(rec)
+            done = rec["diverged"] or rec["epoch"] >= cfgs[k].epochs
+            if stop is not None:
+                rec = {**rec, DECIDED_KEY: None}       # same columns in every epoch row
+                # the windows start after the warm-up: the regime is that of the fixed rate
+                decided = None if done else trajs[k].decision(stop, after_epoch=math.ceil(cfgs[k].warmup_epochs))
+                if decided is not None:
+                    rec[DECIDED_KEY], done = decided, True
+                    decided_now.append(k)
+            pending.setdefault(k, []).append(rec)
+            history[k].append(rec)
+            last[k] = rec
+            if done:
+                ended[k] = {**rec, REGIME_KEY: rec.get(DECIDED_KEY) or trajs[k].label()}
+                ended_now = True
+        trainer.finish(decided_now)       # diverged members leave by themselves
+        epoch = trainer.epoch
+        finished = len(ended) == K
+        save = finished or epoch % study.checkpoint_every == 0
+        if save or ended_now or epoch % study.epochs_per_report == 0:
+            report(pending, save)
+            pending = {}
+        if finished:
+            break
+
+
+def pack_members(config: dict, result: dict | None) -> list[tuple[int, dict, dict | None]]:
+    """(member index, member point, its last record + regime or None if it has not ended) for
+    every member of a packed trial, from its config and a report (the last one: every member)."""
+    ended = (result or {}).get(ENDED_KEY) or {}
+    return [(k, dict(p), ended.get(str(k))) for k, p in enumerate(config[MEMBERS_KEY])]

@@ -68,6 +68,7 @@ class Study:
     probes_per_round: int = 2
     initial: int = 5
     early_stop: EarlyStop | None = None         # regime-aware early stopping (opt-in)
+    pack: int = 1                               # members per packed trial (1: one config per trial)
     source: dict = field(default_factory=dict, compare=False)   # the YAML mapping, as loaded
 
     # ------------------------------------------------------------------
@@ -81,6 +82,27 @@ class Study:
         keys = list(self.space)
         for combo in itertools.product(*(self.space[k] for k in keys)):
             yield dict(zip(keys, combo))
+
+    def pack_groups(self, points) -> list[list[dict]]:
+        """`points` grouped by the fields that cannot differ within a pack, in first-seen order."""
+        from regimes.core.packable import PER_MEMBER
+
+        groups: dict[tuple, list[dict]] = {}
+        for p in points:
+            key = tuple(sorted((k, repr(v)) for k, v in p.items() if k not in PER_MEMBER))
+            groups.setdefault(key, []).append(dict(p))
+        return list(groups.values())
+
+    def packs(self, points) -> list[list[dict]]:
+        """The packs of at most `self.pack` points that train `points` (a grid: every point).
+        Each group of packable points is dealt round-robin into as few packs as hold it, so the
+        packs are of even size and each spans the group's range (a grid's large ELRs, which end
+        early, are not all in one pack)."""
+        out = []
+        for group in self.pack_groups(points):
+            n = math.ceil(len(group) / self.pack)
+            out += [group[i::n] for i in range(n)]
+        return out
 
     def num_trials(self) -> int:
         if self.kind == "grid":
@@ -112,6 +134,8 @@ class Study:
             what = (f"optuna ({self.sampler}) {n} trials, {self.max_concurrent} at a time, "
                     f"{'/'.join(f'{m} {d}' for m, d in zip(self.metric, self.mode))}")
         sched = ", ASHA" if self.scheduler else ""
+        if self.pack > 1:
+            sched += f", packed {self.pack} per trial"
         if self.early_stop:
             sched += f", early stop when {'/'.join(self.early_stop.labels)} is decided"
         return (f"study '{self.name}': {what}{sched}; up to {self.max_epochs()} epochs per trial; "

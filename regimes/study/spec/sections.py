@@ -79,6 +79,13 @@ class EarlyStopSection(Section):
                          min_epochs=self.min_epochs, labels=tuple(dict.fromkeys(self.labels)))
 
 
+class PackSection(Section):
+    """Packed trials: up to `size` points of the space trained as one network in one trial
+    (regimes.core.pack); points that differ in a field that cannot differ within a pack
+    (regimes.core.packable) go into different packs."""
+    size: V.Int = Field(8, ge=1, le=256)
+
+
 # --- search, one model per kind ------------------------------------------------------------------
 GridSpace = Annotated[dict[str, tuple],
                       BeforeValidator(lambda v: V.space(v, V.grid_axis, "lists of values"))]

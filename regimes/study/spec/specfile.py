@@ -12,7 +12,7 @@ from regimes.core.config import TrainConfig
 
 from . import values as V
 from .files import name_problem
-from .sections import Asha, EarlyStopSection, Resources, Search, Section
+from .sections import Asha, EarlyStopSection, PackSection, Resources, Search, Section
 
 
 def _mapping(complaint: str):
@@ -38,6 +38,7 @@ class SpecFile(Section):
     checkpoint_every: V.Int = Field(10, ge=1)       # epochs between checkpoints (and one at the end)
     max_failures: V.Int = Field(3, ge=-1)           # retries per trial; -1 = forever
     early_stop: EarlyStopSection | None = None
+    pack: PackSection | None = None                 # off unless set: `pack: 8` or `pack: {size: 8}`
 
     @model_validator(mode="before")
     @classmethod
@@ -97,6 +98,18 @@ class SpecFile(Section):
                         f"got {spec!r}")
         return dict(spec)
 
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack(cls, spec):
+        """`pack: 8`, `pack: {size: 8}`; absent, false, `off`, 0 or 1 = off."""
+        if spec is None or spec is False or spec == "off" or (type(spec) is int and spec in (0, 1)):
+            return None
+        if type(spec) is int:
+            return {"size": spec}
+        if not isinstance(spec, Mapping):
+            raise V.Bad(f"expected a pack size (e.g. 8), {{size: 8}} or off, got {spec!r}")
+        return dict(spec)
+
     @model_validator(mode="after")
     def _across(self):
         for key in self.search.space:
@@ -104,6 +117,12 @@ class SpecFile(Section):
                 raise V.Bad("is also set in base; set it in one place", f"search.space.{key}")
         if self.search.kind == "boundary" and self.search.axis in self.base:
             raise V.Bad("is the searched axis; give its range in search.range only", f"base.{self.search.axis}")
+        if self.pack is not None and self.search.kind == "optuna":
+            raise V.Bad("packs grid and boundary studies only; an Optuna search suggests one trial at a time "
+                        "from the results so far (remove pack)", "pack")
+        if self.pack is not None and self.scheduler:
+            raise V.Bad("cannot be combined with a scheduler: ASHA stops whole trials, and a pack's members "
+                        "are ranked one by one (use early_stop, which stops members)", "pack")
         metric = self.search.study_fields().get("metric", ())
         if self.scheduler and len(metric) != 1:
             raise V.Bad("ASHA needs exactly one search.metric and search.mode to rank trials"

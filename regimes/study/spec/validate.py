@@ -48,8 +48,10 @@ def from_dict(data: Any) -> Study:
                   epochs_per_report=spec.epochs_per_report, checkpoint_every=spec.checkpoint_every,
                   max_failures=spec.max_failures,
                   early_stop=spec.early_stop.to_early_stop() if spec.early_stop else None,
+                  pack=spec.pack.size if spec.pack else 1,
                   source=dict(data))
     _check_configs(study)
+    _check_packs(study)
     if study.scheduler and study.scheduler.grace_period > study.max_epochs():
         raise ConfigError("scheduler.grace_period", f"{study.scheduler.grace_period} is longer than the "
                           f"trials ({study.max_epochs()} epochs); allowed: 1 .. {study.max_epochs()}")
@@ -110,3 +112,24 @@ def _check_configs(study: Study):
         if cfg.device == "cuda" and study.gpu == 0:
             raise ConfigError("resources.gpu", "0, but base.device is cuda; give each trial a GPU "
                               "(e.g. gpu: 0.25) or use device: auto")
+
+
+def _check_packs(study: Study) -> None:
+    """Every pack the study would train can be packed (regimes.core.packable)."""
+    if study.pack <= 1:
+        return
+    from regimes.core import packable
+
+    if study.kind == "grid":
+        packs = study.packs(study.grid_points())
+    else:   # a boundary search packs probes of lines that share every unpackable field
+        packs = [[{**p, study.axis: v} for p in group for v in study.axis_range]
+                 for group in study.pack_groups(study.grid_points())]
+    for members in packs:
+        try:
+            packable.check([study.config(p) for p in members])
+        except ConfigError as e:
+            field_name = e.key.split(".")[0]
+            path = _yaml_path(study, field_name)
+            raise ConfigError(path if path != field_name else "pack", f"{e.message} (in pack: {study.pack})") \
+                from None
