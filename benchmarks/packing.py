@@ -73,9 +73,9 @@ def run_demo(pack: int, epochs: int | None, storage: str, num_cpus: int) -> tupl
     run_study(study, storage, verbose=0, restart=True, num_cpus=num_cpus)
     wall = time.perf_counter() - t0
     trials = pq.read_table(Path(storage) / d["name"] / "trials.parquet").to_pylist()
-    from regimes.analysis import load_study
+    from regimes.analysis.load import classify, load_study
 
-    labels = {(r.elr, r.seed): r.regime for r in load_study(Path(storage) / d["name"]).trials.itertuples()}
+    labels = {(r.elr, r.seed): r.regime for r in classify(load_study(Path(storage) / d["name"])).itertuples()}
     cfg = study.config({})
     steps = 1438 // cfg.batch_size             # digits' train split, the last partial batch dropped
     samples = sum(t["epochs_done"] for t in trials) * steps * cfg.batch_size

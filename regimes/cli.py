@@ -159,6 +159,8 @@ def _pack_members(specs: list[str], rest: list[str], base: dict) -> list[TrainCo
         if key in axes:
             raise ConfigError("--pack", f"{key} given twice")
         axes[key] = [v.strip() for v in values.split(",")]
+    if not axes:
+        return []
     cfgs = [TrainConfig.from_cli(rest + [f"{k}={v}" for k, v in zip(axes, combo)], base=base)
             for combo in itertools.product(*axes.values())]
     if cfgs:

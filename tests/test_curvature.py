@@ -174,3 +174,118 @@ def test_sharpness_train_mode_uses_batch_statistics():
     tr = sharpness(net, x, y, iters=10, bn_mode="train")
     ev = sharpness(net, x, y, iters=10, bn_mode="eval")
     assert tr > 0 and ev > 0 and abs(tr - ev) > 1e-3 * max(tr, ev)
+
+
+# --- top-k Hessian eigenvalues and the Fisher ------------------------------------------------------
+class _TinyMLP(nn.Module):
+    """3 -> 4 (tanh) -> 3 logits, float64: 31 parameters, a nonlinear model without BN."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.a = nn.Linear(3, 4).double()
+        self.b = nn.Linear(4, 3).double()
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def _closed_form_hessian(model, x, y):
+    """d^2 CE / d theta^2 over the flat parameter vector, by torch.autograd.functional.hessian."""
+    theta = torch.cat([p.detach().flatten() for p in model.parameters()])
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    sizes = [p.numel() for _, p in model.named_parameters()]
+
+    def loss(t):
+        parts = dict(zip(names, (v.view(s) for v, s in zip(torch.split(t, sizes), shapes))))
+        return F.cross_entropy(torch.func.functional_call(model, parts, (x,)), y)
+
+    return torch.autograd.functional.hessian(loss, theta)
+
+
+def test_top_k_hessian_eigenvalues_equal_a_float64_closed_form_hessian():
+    from regimes.techniques.curvature import hessian_top_eigenvalues
+
+    model = _TinyMLP()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (20,), generator=g)
+    eig = torch.linalg.eigvalsh(_closed_form_hessian(model, x, y)).flip(0)
+    dim = sum(p.numel() for p in model.parameters())
+    top = hessian_top_eigenvalues(model, x, y, 5, iters=dim)
+    torch.testing.assert_close(torch.tensor(top, dtype=torch.float64), eig[:5], rtol=1e-8, atol=1e-10)
+    # the first is sharpness, with the same Lanczos run
+    assert top[0] == pytest.approx(sharpness(model, x, y, iters=dim), rel=1e-12)
+    # chunks of 7 (mean over chunks weighted by size): the same Hessian without BN
+    top_chunked = hessian_top_eigenvalues(model, x, y, 3, iters=dim, chunk_size=7)
+    torch.testing.assert_close(torch.tensor(top_chunked, dtype=torch.float64), eig[:3], rtol=1e-8, atol=1e-10)
+
+
+def test_fisher_of_a_linear_softmax_model_equals_the_cross_entropy_hessian():
+    """Logits linear in the parameters: the true Fisher equals the CE Hessian exactly, at any
+    weights (the labels do not even enter)."""
+    from regimes.techniques.curvature import fisher_top, fisher_trace
+
+    torch.manual_seed(1)
+    model = nn.Linear(4, 3).double()
+    with torch.no_grad():
+        model.weight.mul_(3.0)     # far from init: still exact
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(25, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (25,), generator=g)
+    h = _closed_form_hessian(model, x, y)
+    eig = torch.linalg.eigvalsh(h)
+    dim = h.shape[0]
+    assert fisher_top(model, x, iters=dim) == pytest.approx(float(eig[-1]), rel=1e-9)
+    # Hutchinson: unbiased, standard error sqrt(2 sum_{i!=j} H_ij^2 / samples)
+    samples = 400
+    off = float((h ** 2).sum() - (torch.diagonal(h) ** 2).sum())
+    se = math.sqrt(2 * off / samples)
+    est = fisher_trace(model, x, samples=samples, seed=5)
+    assert abs(est - float(torch.trace(h))) < 4 * se
+    # the same probes give the Hessian's Hutchinson estimate to rounding
+    assert est == pytest.approx(hess_trace(model, x, y, samples=samples, seed=5), rel=1e-10)
+
+
+def test_fisher_of_a_nonlinear_model_is_the_definition_not_the_hessian():
+    """Oracle: F = (1/N) sum_i sum_y p(y|x_i) g_iy g_iy', g_iy = grad log p(y|x_i), from
+    per-example, per-class gradients in float64."""
+    from regimes.techniques.curvature import fisher_top, fisher_trace
+
+    model = _TinyMLP(seed=4)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(15, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (15,), generator=g)
+    ps = list(model.parameters())
+    dim = sum(p.numel() for p in ps)
+    fisher = torch.zeros(dim, dim, dtype=torch.float64)
+    for i in range(len(x)):
+        logp = torch.log_softmax(model(x[i:i + 1]), 1)[0]
+        for c in range(3):
+            gi = torch.cat([t.flatten() for t in torch.autograd.grad(logp[c], ps, retain_graph=True)])
+            fisher += logp[c].exp().detach() * torch.outer(gi, gi) / len(x)
+    eig = torch.linalg.eigvalsh(fisher)
+    assert fisher_top(model, x, iters=dim) == pytest.approx(float(eig[-1]), rel=1e-8)
+    est = fisher_trace(model, x, samples=300, seed=1)
+    off = float((fisher ** 2).sum() - (torch.diagonal(fisher) ** 2).sum())
+    assert abs(est - float(torch.trace(fisher))) < 4 * math.sqrt(2 * off / 300)
+    # and it is not the Hessian here
+    h_top = float(torch.linalg.eigvalsh(_closed_form_hessian(model, x, y))[-1])
+    assert abs(h_top - float(eig[-1])) > 1e-3 * abs(float(eig[-1]))
+
+
+def test_fisher_leaves_a_bn_model_untouched():
+    from regimes.techniques.curvature import fisher_top, fisher_trace
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3), nn.ReLU(),
+                          nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(3, 4))
+    model.eval()
+    x = torch.randn(16, 1, 5, 5)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    top = fisher_top(model, x, iters=5, chunk_size=8)
+    tr = fisher_trace(model, x, samples=3, chunk_size=8)
+    assert math.isfinite(top) and top > 0 and tr > 0
+    assert not model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert all(p.grad is None for p in model.parameters())

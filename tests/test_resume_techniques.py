@@ -25,8 +25,18 @@ TECHNIQUES = {
     "swa": dict(model="convnet_si_af", swa_start=2),
     "enorm": dict(model="convnet_si_af", enorm_c=1.0, enorm_every=5),
     "curvature": dict(model="convnet_si", sharpness_every=2, sharpness_iters=3, hess_trace_every=2,
-                      hess_trace_samples=2, input_curvature_every=2, input_curvature_iters=2, curvature_subset=64),
+                      hess_trace_samples=2, input_curvature_every=2, input_curvature_iters=2, curvature_subset=64,
+                      sharpness_topk=2, fisher_every=2),
+    "lcnn_plain_head": dict(model="convnet_lcnn", lcnn_head="plain", gnorm_coef=0.05),
+    "late_phase_restart": dict(model="convnet_si_af", late_phase_k=3, late_phase_start=2, late_phase_noise=0.01,
+                               late_phase_boundary="restart"),
+    # the three-regimes reference code's options and measures
+    "seed_measures": dict(model="convnet_si_af", corrupt_train=0.2, loss="squared", grad_norms=True,
+                          cos_init=True, train_eval_every=2),
+    "fbgd": dict(model="convnet_si_af", fbgd=True, cos_init=True),
+    "sphere_per_layer": dict(model="convnet_si", sphere_per_layer=True, grad_norms=True),
 }
+SPHERE_ONLY = {"sphere_per_layer"}
 MODES = {
     "sphere": dict(mode="sphere", elr=0.01, noninv_lr=0.01),
     "free": dict(mode="free", lr=0.05, momentum=0.9, wd=5e-4),
@@ -42,6 +52,8 @@ def _same(a, b) -> bool:
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("technique", list(TECHNIQUES))
 def test_resumed_run_equals_the_uninterrupted_one_bit_for_bit(technique, mode, tmp_path):
+    if technique in SPHERE_ONLY and mode != "sphere":
+        pytest.skip("a sphere-mode option")
     kw = {**BASE, **TECHNIQUES[technique], **MODES[mode]}
     if technique == "enorm" and mode == "free":
         kw["model"] = "convnet"          # ENorm's home: no BN, function-preserving
@@ -68,5 +80,7 @@ def test_resumed_run_equals_the_uninterrupted_one_bit_for_bit(technique, mode, t
         assert not diff, f"epoch {want['epoch']}: {', '.join(f'{k} {want[k]!r} != {rec[k]!r}' for k in diff)}"
     # the technique's own measures were there to compare (not all NaN)
     own = {"lcnn_gnorm": "gnorm_penalty", "late_phase": "test_acc_ensemble", "swa": "test_acc_swa",
-           "enorm": "enorm_objective", "curvature": "sharpness"}[technique]
+           "enorm": "enorm_objective", "curvature": "fisher_top", "lcnn_plain_head": "gnorm_penalty",
+           "late_phase_restart": "test_acc_ensemble", "seed_measures": "train_loss_corrupt",
+           "fbgd": "cos_init", "sphere_per_layer": "eff_grad_norm_end"}[technique]
     assert any(math.isfinite(r[own]) for r in full[STOP:])

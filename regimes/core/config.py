@@ -50,6 +50,9 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 CPU_MEMORY = ("retain", "system")
 GNORM_SCALINGS = ("per_sample", "seed")
 LIPSCHITZ_BN_MODES = ("normalise", "clip")
+LOSSES = ("ce", "squared")
+LCNN_HEADS = ("spectral", "plain")
+MAX_TOPK = 5              # sharpness_topk: the record has columns sharpness, hess_eig_2 .. hess_eig_5
 SCHEDULES = ("constant", "step", "linear", "cosine", "exponential", "two_phase", "piecewise")
 
 
@@ -75,6 +78,9 @@ class DataFields(_Group):
     augment: bool = knob(True, "random crop (with padding) + horizontal flip, batched on the device")
     subset: int = knob(0, "train on the first N shuffled training examples (0 = all)", min=0)
     batch_size: int = knob(128, "minibatch size (examples)", min=1)
+    corrupt_train: float = knob(0.0, "label noise: fraction of training examples (after subset) whose label is "
+                                "replaced by a different class drawn at random; the same examples and labels "
+                                "for every run seed (a fixed data seed)", min=0.0, max=1.0)
 
     def _check_data(self):
         n = TRAIN_EXAMPLES[self.dataset]
@@ -114,6 +120,21 @@ class OptimFields(_Group):
                             "-1 = same lr as the SI params (elr * rho0^2)", min=0.0, allow=(-1.0,))
     epochs: int = knob(30, "number of epochs", min=1, max=MAX_EPOCHS)
     seed: int = knob(0, "seed of init, data order and augmentation", min=0)
+    loss: str = knob("ce", "training loss: ce (cross-entropy) or squared (||logits - onehot(y)||^2 / C, "
+                     "mean over examples; the three-regimes reference code's squared loss)", choices=LOSSES)
+    fbgd: bool = knob(False, "full-batch gradient descent: one optimiser step per epoch with the gradient of "
+                      "the mean loss over the whole train set, accumulated over minibatches of batch_size "
+                      "(BN batch statistics per minibatch; the last partial minibatch is dropped)")
+    sphere_per_layer: bool = knob(False, "sphere mode: every scale-invariant group (each conv of a ConvNet) on "
+                                  "its own sphere, radius its own init norm, lr = elr * rho0_group^2: the same "
+                                  "ELR for each group instead of one joint sphere")
+
+    def _check_optim(self):
+        if self.sphere_per_layer and self.mode != "sphere":
+            raise ConfigError("sphere_per_layer", "needs mode=sphere (free mode has no sphere)")
+        if self.fbgd and self.late_phase_k > 1:
+            raise ConfigError("fbgd", "late-phase weights cycle members per minibatch step; with fbgd there is "
+                              "one step per epoch (set late_phase_k=1)")
 
 
 class ScheduleFields(_Group):
@@ -160,6 +181,11 @@ class ScheduleFields(_Group):
 class MeasureFields(_Group):
     train_eval_every: int = knob(1, "epochs between full-train-set passes (train_loss/acc); "
                                  "the last epoch is always measured", min=1)
+    grad_norms: bool = knob(False, "full-batch gradient at the end-of-epoch weights (train set, BN train mode, "
+                            "no augmentation, minibatches of batch_size), at the train_eval_every cadence: "
+                            "eff_grad_norm_end, grad_norm_full, grad_norm_si, grad_norm_noninv")
+    cos_init: bool = knob(False, "cos_init: cosine similarity of the SI weights to their initial values, "
+                          "every epoch")
 
 
 # --- technique groups (all off by default; the hooks are in regimes/techniques/) ---------
@@ -179,6 +205,8 @@ class LCNNFields(_Group):
                                      "(learnable; |log gamma| penalised by gamma_coef)", min=0.0, min_open=True)
     spectral_norm: bool = knob(True, "*_lcnn: divide each conv by the spectral norm of its true operator")
     spectral_warm_iters: int = knob(10, "*_lcnn: power iterations at the first forward (then 1 per step)", min=1)
+    lcnn_head: str = knob("spectral", "*_lcnn: the final linear layer divided by its spectral norm (spectral, "
+                          "as the LCNN paper's code) or a plain Linear (plain)", choices=LCNN_HEADS)
 
     def _check_lcnn(self):
         lcnn = self.model.endswith("_lcnn")
@@ -228,12 +256,21 @@ class CurvatureFields(_Group):
     """Curvature measures (cost: benchmarks/measure_cost.py)."""
     sharpness_every: int = knob(0, "epochs between sharpness measures (0 = never; last epoch included)", min=0)
     sharpness_iters: int = knob(20, "Lanczos iterations (Hessian-vector products) for sharpness", min=1)
+    sharpness_topk: int = knob(1, "top Hessian eigenvalues reported from the sharpness Lanczos run: sharpness "
+                               "and hess_eig_2 .. hess_eig_k", min=1, max=MAX_TOPK)
+    fisher_every: int = knob(0, "epochs between Fisher measures, fisher_top (Lanczos, sharpness_iters steps) and "
+                             "fisher_trace (Hutchinson, hess_trace_samples probes); 0 = never", min=0)
     hess_trace_every: int = knob(0, "epochs between Hutchinson trace measures (0 = never)", min=0)
     hess_trace_samples: int = knob(10, "Rademacher probes for the Hutchinson trace", min=1)
     input_curvature_every: int = knob(0, "epochs between input-curvature measures (0 = never)", min=0)
     input_curvature_iters: int = knob(10, "power iterations for input curvature", min=1)
     curvature_subset: int = knob(1000, "fixed training examples (first N, seed-independent) for the "
                                  "curvature measures", min=1)
+
+    def _check_curvature(self):
+        if self.sharpness_topk > 1 and self.sharpness_topk > self.sharpness_iters:
+            raise ConfigError("sharpness_topk", f"{self.sharpness_topk} eigenvalues need sharpness_iters >= "
+                              f"{self.sharpness_topk} Lanczos steps (got {self.sharpness_iters})")
 
 
 class RuntimeFields(_Group):

@@ -12,6 +12,15 @@ Datasets:
 - `cifar10`, `cifar100`: torchvision's on-disk format (`cifar-10-batches-py/`,
   `cifar-100-python/` under `data_root`), read directly from the pickles;
   `download=true` fetches them with torchvision.
+
+Label noise (`corrupt_train` = f): after the subset is taken, round(f * N) training
+examples, drawn with a fixed seed (CORRUPT_SEED, not the run seed), get a label
+drawn uniformly from the *other* C - 1 classes, so every run of a study sees the
+same corrupted examples with the same wrong labels. `Data.train_corrupted` marks
+them and `Data.y_train_clean` keeps the original labels. (The three-regimes
+reference code draws a Bernoulli(f) mask and a label from all C classes, so about
+1/C of its "corrupted" examples keep their label; ours are all wrong, and the
+corrupted count is exact.)
 """
 from __future__ import annotations
 
@@ -29,6 +38,7 @@ from .config import NUM_CLASSES, TrainConfig
 # symmetric, so they are only shifted.
 AUGMENT = {"digits": (1, False), "synthetic": (1, True), "cifar10": (4, True), "cifar100": (4, True)}
 DATA_SEED = 0  # split and subset selection are the same for every run seed
+CORRUPT_SEED = 228  # label noise: the corrupted examples and their labels are the same for every run seed
 
 
 @dataclass
@@ -40,6 +50,8 @@ class Data:
     num_classes: int
     crop_pad: int
     flip: bool
+    train_corrupted: torch.Tensor | None = None  # bool (N,): label replaced (corrupt_train > 0), else None
+    y_train_clean: torch.Tensor | None = None    # int64 (N,): the original labels (corrupt_train > 0)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -54,6 +66,10 @@ def load_data(cfg: TrainConfig, device: torch.device | str = "cpu", dtype=torch.
             raise ConfigError("subset", f"{cfg.subset} is larger than the {len(xtr)} training examples of {cfg.dataset}")
         keep = np.random.default_rng(DATA_SEED).permutation(len(xtr))[: cfg.subset]
         xtr, ytr = xtr[keep], ytr[keep]
+    corrupted = clean = None
+    if cfg.corrupt_train > 0:
+        clean = ytr
+        ytr, corrupted = corrupt_labels(ytr, cfg.corrupt_train, NUM_CLASSES[cfg.dataset])
     # Per-channel normalisation with the statistics of the (full or subset) train split.
     mean = xtr.mean(axis=(0, 2, 3), keepdims=True)
     std = xtr.std(axis=(0, 2, 3), keepdims=True) + 1e-8
@@ -64,7 +80,22 @@ def load_data(cfg: TrainConfig, device: torch.device | str = "cpu", dtype=torch.
 
     pad, flip = AUGMENT[cfg.dataset]
     return Data(t(xtr, dtype), t(ytr, torch.int64), t(xte, dtype), t(yte, torch.int64),
-                NUM_CLASSES[cfg.dataset], pad if cfg.augment else 0, flip and cfg.augment)
+                NUM_CLASSES[cfg.dataset], pad if cfg.augment else 0, flip and cfg.augment,
+                None if corrupted is None else t(corrupted, torch.bool),
+                None if clean is None else t(clean, torch.int64))
+
+
+def corrupt_labels(y: np.ndarray, fraction: float, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy labels, mask): round(fraction * len(y)) examples chosen by CORRUPT_SEED, each
+    given a label drawn uniformly from the other num_classes - 1 classes."""
+    rng = np.random.default_rng(CORRUPT_SEED)
+    n = len(y)
+    idx = rng.permutation(n)[: int(round(fraction * n))]
+    noisy = y.copy()
+    noisy[idx] = (y[idx] + rng.integers(1, num_classes, size=len(idx))) % num_classes
+    mask = np.zeros(n, dtype=bool)
+    mask[idx] = True
+    return noisy, mask
 
 
 def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:

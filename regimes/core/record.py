@@ -31,10 +31,11 @@ FIELDS: tuple[Field, ...] = (
     Field("diverged", "the loss or the SI norm became non-finite; the run ends at this record", "",
           measure=False, kind=bool),
     # --- core measures -------------------------------------------------------------
-    Field("train_loss", "cross-entropy on the full train set, BN in train mode, no augmentation "
+    Field("train_loss", "the training loss (cross-entropy; loss=squared: the squared loss) on the full train "
+          "set, BN in train mode, no augmentation, against the training labels (noisy ones with corrupt_train) "
           "(NaN on epochs skipped by train_eval_every)", "nats"),
     Field("train_acc", "accuracy on the full train set, as train_loss", "fraction"),
-    Field("test_loss", "cross-entropy on the test set, eval mode", "nats"),
+    Field("test_loss", "the training loss (as train_loss) on the test set, eval mode", "nats"),
     Field("test_acc", "accuracy on the test set, eval mode", "fraction"),
     Field("si_norm", "joint L2 norm of all scale-invariant weights", ""),
     Field("elr", "effective learning rate of the epoch's last step (sphere: the schedule's ELR; "
@@ -67,12 +68,38 @@ FIELDS: tuple[Field, ...] = (
     # --- curvature (NaN when not due) ------------------------------------------------------------
     Field("sharpness", "top Hessian eigenvalue of the train loss w.r.t. the parameters (Lanczos)", "",
           "curvature"),
+    *(Field(f"hess_eig_{j}", f"{j}{'nd' if j == 2 else 'rd' if j == 3 else 'th'} largest Hessian eigenvalue "
+            "(Ritz value of the sharpness Lanczos run; NaN unless sharpness_topk >= "
+            f"{j})", "", "curvature") for j in range(2, 6)),
     Field("hess_trace", "Hutchinson estimate of tr(H), H the Hessian of the mean train loss (on "
           "curvature_subset) w.r.t. the trained parameters; the total trace, not divided by the number N "
           "of parameters (the three-regimes reference code reports tr(H)/N)", "", "curvature"),
+    Field("fisher_top", "largest eigenvalue of the true Fisher of softmax(logits) (labels drawn from the "
+          "model) on curvature_subset (Lanczos, sharpness_iters steps)", "", "curvature"),
+    Field("fisher_trace", "Hutchinson estimate of tr(F), the same Fisher (hess_trace_samples probes; the total "
+          "trace, not divided by the number of parameters)", "", "curvature"),
     Field("input_curvature_mean", "mean over examples of |u'H_x u| / ||g_x|| (input Hessian, power "
           "iteration)", "", "curvature"),
     Field("input_curvature_std", "standard deviation of the same over examples", "", "curvature"),
+    # --- full-batch gradient, cosine to init, label noise (regimes/techniques/measures.py) -------------
+    Field("eff_grad_norm_end", "||g_SI|| * ||w_SI|| with g the full-batch gradient at the end-of-epoch weights "
+          "(train set, BN train mode per batch_size chunk, no augmentation; the three-regimes reference code's "
+          "eff_grad_norm), at the train_eval_every cadence", "", "full_grad"),
+    Field("grad_norm_full", "norm of the full-batch gradient (as eff_grad_norm_end) over all trained parameters",
+          "", "full_grad"),
+    Field("grad_norm_si", "norm of the full-batch gradient over the scale-invariant weights", "", "full_grad"),
+    Field("grad_norm_noninv", "norm of the full-batch gradient over the trained non-scale-invariant parameters "
+          "(NaN when there are none)", "", "full_grad"),
+    Field("cos_init", "cosine similarity of the joint SI weight vector to its value at init", "", "cos_init"),
+    Field("train_loss_clean", "train_loss on the examples whose label was kept (corrupt_train)", "nats",
+          "label_noise"),
+    Field("train_acc_clean", "train_acc on the examples whose label was kept", "fraction", "label_noise"),
+    Field("train_loss_corrupt", "train_loss on the corrupted examples, against their corrupted labels; "
+          "(1 - f) * clean + f * corrupt = train_loss", "nats", "label_noise"),
+    Field("train_acc_corrupt", "train_acc on the corrupted examples against their corrupted labels "
+          "(memorisation)", "fraction", "label_noise"),
+    Field("train_acc_corrupt_true", "accuracy on the corrupted examples against their original labels",
+          "fraction", "label_noise"),
     # --- added by the Ray trainable ------------------------------------------------------------------
     Field("decided_regime", "early stopping: the regime a trial stopped with (None before the last epoch)",
           "", "study", measure=False, kind=str),

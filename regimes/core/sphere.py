@@ -9,6 +9,13 @@
   projection (the paper's code does the same); the ELR then is the per-step
   rate before momentum amplification (~ elr / (1 - m) in steady state).
   Non-SI parameters use `noninv_lr` (0: frozen, -1: elr * rho0^2) with `wd`.
+- sphere, `sphere_per_layer`: every scale-invariant group g (core.params: each
+  conv of a ConvNet; the residual-stream stretches of a ResNet) is its own
+  sphere of radius rho0_g, its norm at init, with its own lr = elr * rho0_g^2
+  and its own projection; so each group turns by tan(angle_g) = elr *
+  ||g_eff,g|| per step, g_eff,g = grad_g * ||w_g|| (the same ELR for every
+  group). The joint norm stays at rho0 too (sqrt of the sum of rho0_g^2), and the
+  non-SI rate `noninv_lr = -1` means elr * rho0^2 with that joint rho0.
 - free: plain SGD (lr, wd, momentum) on every trainable parameter; the ELR is
   emergent, elr_t = lr / ||w_SI,t||^2 (what `elr_of` reports).
 
@@ -27,10 +34,20 @@ from .params import no_decay_params
 class SphereSGD:
     """torch SGD whose group rates follow the run's per-step base rate (ELR or lr)."""
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, si_params: list[nn.Parameter]):
+    def __init__(self, cfg: TrainConfig, model: nn.Module, si_params: list[nn.Parameter],
+                 si_groups: list[list[nn.Parameter]] | None = None):
+        """`si_groups` (the scale-invariant groups, together exactly `si_params`) is needed
+        with `sphere_per_layer`; otherwise all SI weights form one sphere."""
         self.mode = cfg.mode
         self.si_params = si_params
         self.rho0 = joint_norm(si_params).item() if si_params else 0.0
+        per_layer = cfg.mode == "sphere" and cfg.sphere_per_layer and bool(si_params)
+        if per_layer:
+            if si_groups is None or sorted(id(p) for g in si_groups for p in g) != sorted(map(id, si_params)):
+                raise ValueError("sphere_per_layer needs si_groups that partition si_params")
+        # the spheres: (parameters, radius); one joint sphere unless sphere_per_layer
+        self.spheres: list[list[nn.Parameter]] = [list(g) for g in si_groups] if per_layer else [si_params]
+        self.rho0_groups: list[float] = [joint_norm(g).item() for g in self.spheres] if per_layer else [self.rho0]
         si_ids = {id(p) for p in si_params}
         no_decay = {id(p) for p in no_decay_params(model)}
         trainable = [p for p in model.parameters() if p.requires_grad and id(p) not in si_ids]
@@ -39,8 +56,9 @@ class SphereSGD:
         groups, self._lr_of_group = [], []
         if cfg.mode == "sphere":
             sphere_lr = self.sphere_lr   # lr = elr * rho0^2 turns the ELR into a step at radius rho0
-            groups.append({"params": si_params, "weight_decay": 0.0})
-            self._lr_of_group.append(sphere_lr)
+            for i, ps in enumerate(self.spheres):   # one group per sphere, each at its own radius
+                groups.append({"params": ps, "weight_decay": 0.0})
+                self._lr_of_group.append((lambda r, i=i: r * self.rho0_groups[i] ** 2) if per_layer else sphere_lr)
             if others and cfg.noninv_lr != 0:
                 fixed = cfg.noninv_lr
                 groups.append({"params": others, "weight_decay": cfg.wd})
@@ -70,8 +88,9 @@ class SphereSGD:
             g["lr"] = lr_of(r)
 
     def si_lr(self, r: float) -> float:
-        """The SI weights' lr at base rate r."""
-        return self._lr_of_group[0](r)
+        """The SI weights' lr at base rate r (with sphere_per_layer: elr * rho0^2 of the joint
+        norm; group g's own lr is elr * rho0_g^2)."""
+        return self.sphere_lr(r) if len(self.spheres) > 1 else self._lr_of_group[0](r)
 
     def elr_of(self, r: float, si_norm: float) -> float:
         """The effective learning rate at base rate r: r itself on the sphere, lr / ||w_SI||^2 when free."""
@@ -81,8 +100,13 @@ class SphereSGD:
 
     @torch.no_grad()
     def project(self) -> None:
-        """Rescale all SI weights jointly back to norm rho0 (the sphere)."""
-        torch._foreach_mul_(self.si_params, self.rho0 / joint_norm(self.si_params))
+        """Rescale all SI weights jointly back to norm rho0 (the sphere); with
+        `sphere_per_layer` each group back to its own rho0_g."""
+        if len(self.spheres) == 1:
+            torch._foreach_mul_(self.si_params, self.rho0 / joint_norm(self.si_params))
+            return
+        for ps, r in zip(self.spheres, self.rho0_groups):
+            torch._foreach_mul_(ps, r / joint_norm(ps))
 
 
 def joint_norm(tensors) -> torch.Tensor:

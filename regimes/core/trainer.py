@@ -44,6 +44,28 @@ def plain_objective(model, x, y):
     return F.cross_entropy(logits, y), logits, {}
 
 
+def squared_loss(logits, y, reduction: str = "mean"):
+    """||logits - onehot(y)||^2 / C per example (C classes), then the mean (or sum, or none):
+    the three-regimes reference code's squared loss, written as sum_c z_c^2 - 2 z_y + 1."""
+    per = (logits.pow(2).sum(1) - 2 * logits.gather(1, y.view(-1, 1)).squeeze(1) + 1) / logits.shape[1]
+    return per.mean() if reduction == "mean" else per.sum() if reduction == "sum" else per
+
+
+LOSSES = {"ce": F.cross_entropy, "squared": squared_loss}   # loss_fn(logits, y, reduction="mean")
+
+
+def loss_objective(loss_fn):
+    """The objective of a plain run with loss `loss_fn` (CE: plain_objective itself)."""
+    if loss_fn is F.cross_entropy:
+        return plain_objective
+
+    def objective(model, x, y):
+        logits = model(x)
+        return loss_fn(logits, y), logits, {}
+
+    return objective
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, dtype: torch.dtype = torch.float32,
                  techniques: Sequence[type[Technique]] = ()):
@@ -54,7 +76,12 @@ class Trainer:
         n = len(self.data.x_train)
         if cfg.batch_size > n:
             raise ConfigError("batch_size", f"{cfg.batch_size} exceeds the {n} training examples")
-        self.steps_per_epoch = n // cfg.batch_size  # the last partial batch is dropped (BN needs > 1 example)
+        # the last partial batch is dropped (BN needs > 1 example); fbgd: one step per epoch whose
+        # gradient is accumulated over all the epoch's minibatches
+        self.micro_batches = n // cfg.batch_size if cfg.fbgd else 1   # minibatches per optimiser step
+        self.steps_per_epoch = 1 if cfg.fbgd else n // cfg.batch_size
+        self.examples_per_epoch = (n // cfg.batch_size) * cfg.batch_size
+        self.loss_fn = LOSSES[cfg.loss]
         kinds = [t for t in techniques if t.enabled(cfg)]
         layers = [ly for ly in (t.layers(cfg) for t in kinds) if ly is not None]
         if len(layers) > 1:
@@ -74,7 +101,10 @@ class Trainer:
         if cfg.mode == "sphere" and not self.si_params:
             raise ConfigError("mode", f"model {cfg.model} has no scale-invariant weights; "
                               "use mode=free or a *_si / *_si_af model")
-        self.sgd = SphereSGD(cfg, self.model, self.si_params)
+        named = dict(self.model.named_parameters())
+        self.si_groups = [[named[n] for n in g if named[n].requires_grad] for g in self.roles.si_groups]
+        self.si_groups = [g for g in self.si_groups if g]
+        self.sgd = SphereSGD(cfg, self.model, self.si_params, self.si_groups)
         self.optimizer = self.sgd.optimizer
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)  # data order + augmentation
         # per-step base rate (ELR in sphere mode, lr in free mode), precomputed
@@ -87,7 +117,7 @@ class Trainer:
         for kind in kinds:
             self.techniques[kind.name] = kind(self)
         active = list(self.techniques.values())
-        self._objective: Objective = plain_objective
+        self._objective: Objective = loss_objective(self.loss_fn)
         for t in active:
             self._objective = t.objective(self._objective)
         self._epoch_start = overridden(active, "epoch_start")
@@ -97,6 +127,8 @@ class Trainer:
         self._project: list[Callable[[], None]] = [self.sgd.project] if cfg.mode == "sphere" else []
         self._epoch_end = overridden(active, "epoch_end")
         self._measures = overridden(active, "measure")
+        # one optimiser step's forward and backward passes: one minibatch, or (fbgd) all of them
+        self._forward_backward = self._full_batch if cfg.fbgd else self._minibatch
         self._compose_epoch()
 
     @property
@@ -142,10 +174,34 @@ class Trainer:
     def _zero_grad(self):
         self.optimizer.zero_grad(set_to_none=True)
 
+    def _minibatch(self, perm, i):
+        """Forward and backward of step i's minibatch: (loss, stats)."""
+        B, data = self.cfg.batch_size, self.data
+        idx = perm[i * B:(i + 1) * B]
+        x = augment(data.x_train[idx], data.crop_pad, data.flip, self.gen)
+        loss, _, stats = self._objective(self.model, x, data.y_train[idx])
+        loss.backward()
+        return loss, stats
+
+    def _full_batch(self, perm, i):
+        """fbgd: the gradient of the mean loss over all the epoch's minibatches (each weighted
+        1/m, all of batch_size), accumulated; (mean loss, mean stats)."""
+        B, data, m = self.cfg.batch_size, self.data, self.micro_batches
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        sums: dict[str, torch.Tensor] = {}
+        for j in range(m):
+            idx = perm[j * B:(j + 1) * B]
+            x = augment(data.x_train[idx], data.crop_pad, data.flip, self.gen)
+            loss, _, stats = self._objective(self.model, x, data.y_train[idx])
+            (loss / m).backward()
+            total += loss.detach().double() / m
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v.double() / m
+        return total, sums
+
     # --- the loop ----------------------------------------------------------
     def run(self) -> Iterator[dict]:
         cfg, data = self.cfg, self.data
-        B = cfg.batch_size
         while self.epoch < cfg.epochs:
             t0 = time.perf_counter()
             for hook in self._epoch_start:
@@ -159,13 +215,9 @@ class Trainer:
             prev = [p.detach().clone() for p in self.si_params]  # SI weights before the step
             stat_sums: dict[str, torch.Tensor] = {}  # technique stats (penalty terms), on the device
             for i in range(self.steps_per_epoch):
-                idx = perm[i * B:(i + 1) * B]
-                x = augment(data.x_train[idx], data.crop_pad, data.flip, self.gen)
-                y = data.y_train[idx]
                 self.sgd.set_rate(float(self.rate[self.step]))
                 self._zero_grad_fn()   # late-phase weights: member swap + partial zeroing
-                loss, _, stats = self._objective(self.model, x, y)
-                loss.backward()
+                loss, stats = self._forward_backward(perm, i)
                 egn_sum += self._eff_grad_norm()
                 self._optimizer_step()
                 for hook in self._after_step:
@@ -208,7 +260,7 @@ class Trainer:
                "lr": self.sgd.si_lr(r),
                "eff_grad_norm": (egn_sum / n).item() if self.si_params else float("nan"),
                "angular_update": (angle_sum / n).item() if self.si_params else float("nan"),
-               "samples_per_s": n * cfg.batch_size / max(train_time, 1e-9),
+               "samples_per_s": self.examples_per_epoch / max(train_time, 1e-9),
                "num_classes": self.data.num_classes,
                "diverged": diverged}
         if diverged:
@@ -250,6 +302,27 @@ class Trainer:
         finally:
             self.model.train(was_training)
 
+    @torch.no_grad()
+    def train_per_example(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per training example: (loss, predicted class), float64 and int64 on the device, from
+        the same forward passes as `evaluate_train` (BN train mode, the same chunks, no
+        augmentation; BN running statistics restored), the loss against the training labels."""
+        x, y = self.data.x_train, self.data.y_train
+        saved = {k: v.clone() for k, v in self.model.state_dict().items() if "running" in k or "num_batches" in k}
+        was_training = self.model.training
+        self.model.train()
+        chunk = self.cfg.batch_size + (1 if len(x) % self.cfg.batch_size == 1 else 0)
+        losses, preds = [], []
+        try:
+            for i in range(0, len(x), chunk):
+                out = self.model(x[i:i + chunk])
+                losses.append(self.loss_fn(out, y[i:i + chunk], reduction="none").double())
+                preds.append(out.argmax(1))
+            return torch.cat(losses), torch.cat(preds)
+        finally:
+            self.model.load_state_dict(saved, strict=False)
+            self.model.train(was_training)
+
     def _loss_acc(self, x, y, chunk):
         n = len(x)
         if self.model.training and n % chunk == 1:
@@ -258,13 +331,14 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         for i in range(0, n, chunk):
             out = self.model(x[i:i + chunk])
-            loss += F.cross_entropy(out, y[i:i + chunk], reduction="sum").double()
+            loss += self.loss_fn(out, y[i:i + chunk], reduction="sum").double()
             correct += (out.argmax(1) == y[i:i + chunk]).sum()
         return (loss / n).item(), (correct.double() / n).item()
 
     # --- checkpoints ----------------------------------------------------------
     def state_dict(self) -> dict:
         return {"config": self.cfg.to_dict(), "epoch": self.epoch, "step": self.step, "rho0": self.rho0,
+                "rho0_groups": list(self.sgd.rho0_groups),
                 "elapsed": self.elapsed, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "generator": self.gen.get_state(),
                 "techniques": {name: t.state_dict() for name, t in self.techniques.items()}}
@@ -285,6 +359,8 @@ class Trainer:
         for name, t in self.techniques.items():
             t.load_state_dict(sd.get("techniques", {}).get(name, {}))
         self.epoch, self.step, self.sgd.rho0, self.elapsed = sd["epoch"], sd["step"], sd["rho0"], sd["elapsed"]
+        if "rho0_groups" in sd:   # (checkpoints before sphere_per_layer: one joint sphere)
+            self.sgd.rho0_groups = [float(r) for r in sd["rho0_groups"]]
 
     def save(self, path) -> None:
         torch.save(self.state_dict(), path)

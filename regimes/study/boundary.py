@@ -70,6 +70,17 @@ def _tidy(x: float) -> float:
     return float(f"{x:.6g}")
 
 
+def ended_regimes(result: dict) -> dict[int, str]:
+    """member -> regime of the members a packed trial's report says have ended. Tune hands a
+    searcher the report flattened (`ended/3/regime`); the nested form is read too."""
+    nested = result.get(ENDED_KEY)
+    if isinstance(nested, dict):
+        return {int(k): str((r or {}).get(REGIME_KEY) or UNRESOLVED) for k, r in nested.items()}
+    prefix, suffix = f"{ENDED_KEY}/", f"/{REGIME_KEY}"
+    return {int(key[len(prefix):-len(suffix)]): str(v or UNRESOLVED) for key, v in result.items()
+            if key.startswith(prefix) and key.endswith(suffix) and key[len(prefix):-len(suffix)].isdigit()}
+
+
 @dataclass
 class Line:
     """One boundary search: a setting of the other axes (seed included)."""
@@ -211,18 +222,16 @@ class BoundarySearch(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """A packed trial's members are labelled as they end, before the pack does."""
         if trial_id in self.packs and result:
-            ended = result.get(ENDED_KEY) or {}
-            told = [self._label(i, x, str(ended[str(k)].get(REGIME_KEY) or UNRESOLVED))
-                    for k, (i, x) in enumerate(self.packs[trial_id]) if str(k) in ended]
+            ended = ended_regimes(result)
+            told = [self._label(i, x, ended[k]) for k, (i, x) in enumerate(self.packs[trial_id]) if k in ended]
             if any(told):
                 self.write_summary()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.packs:
-            ended = {} if error or result is None else (result.get(ENDED_KEY) or {})
+            ended = {} if error or result is None else ended_regimes(result)
             for k, (i, x) in enumerate(self.packs[trial_id]):
-                rec = ended.get(str(k))
-                self._label(i, x, ERRORED if rec is None else str(rec.get(REGIME_KEY) or UNRESOLVED))
+                self._label(i, x, ended.get(k, ERRORED))
             self.write_summary()
             return
         if trial_id not in self.trials:

@@ -199,6 +199,7 @@ def _run_locked(study: Study, store: StudyStore, *, address, num_cpus, verbose, 
         if tune.Tuner.can_restore(store.study_path):
             _check_same_spec(study, store)
             _set_aside_damaged_tune_state(study, store)
+            _restore_deleted_checkpoints(store)
             print(f"resuming study '{study.name}' from {store.study_path}", flush=True)
             tuner = tune.Tuner.restore(store.study_path, trainable=trainable,
                                        resume_unfinished=True, resume_errored=True)
@@ -333,6 +334,33 @@ def _set_aside_damaged_tune_state(study: Study, store: StudyStore) -> None:
               f"set aside in {aside}", flush=True)
     raise ConfigError(str(folder), "Ray Tune's saved state is damaged (the driver was killed while "
                       "writing its first snapshot); rerun with --restart to start the study over")
+
+
+def _restore_deleted_checkpoints(store: StudyStore) -> None:
+    """Give Tune back a trial checkpoint its saved state names but that is gone.
+
+    Tune keeps one checkpoint per trial: registering a new one deletes the previous one
+    at once, and only the experiment snapshot saved after it names the new one. A driver
+    killed in between leaves a snapshot naming a deleted checkpoint; Tune then fails that
+    trial on every restore ("does not exist on storage anymore") and the study can never
+    finish it. The trial's newest checkpoint is still there and is a later state of the
+    same run, so it is copied under the names of the (at most two) checkpoints before it
+    that are missing: whichever the snapshot names, the trial resumes from the newest
+    state, and rows after it are reported again (the sink drops and rewrites them)."""
+    import shutil
+
+    if store.remote:
+        return
+    for trial_dir in Path(store.study_path).glob("run_trial_*"):
+        found = sorted((int(d.name.rsplit("_", 1)[1]), d) for d in trial_dir.glob("checkpoint_*")
+                       if d.is_dir() and d.name.rsplit("_", 1)[1].isdigit())
+        if not found:
+            continue
+        newest, path = found[-1]
+        have = {i for i, _ in found}
+        for i in range(max(0, newest - 2), newest):
+            if i not in have:
+                shutil.copytree(path, trial_dir / f"checkpoint_{i:06d}")
 
 
 def _write_spec_copy(study: Study, store: StudyStore) -> None:

@@ -15,9 +15,11 @@ from .curvature import CurvatureMeasures
 from .enorm import EquiNormalization
 from .late_phase import LatePhaseWeights
 from .lcnn import LowCurvature
+from .measures import CosineToInit, FullBatchGradient, LabelNoise
 from .swa import StochasticWeightAveraging
 
-TECHNIQUES = (EquiNormalization, LatePhaseWeights, StochasticWeightAveraging, LowCurvature, CurvatureMeasures)
+TECHNIQUES = (EquiNormalization, LatePhaseWeights, StochasticWeightAveraging, LowCurvature, CurvatureMeasures,
+              FullBatchGradient, CosineToInit, LabelNoise)
 
-__all__ = ["TECHNIQUES", "CurvatureMeasures", "EquiNormalization", "LatePhaseWeights", "LowCurvature",
-           "StochasticWeightAveraging"]
+__all__ = ["TECHNIQUES", "CosineToInit", "CurvatureMeasures", "EquiNormalization", "FullBatchGradient",
+           "LabelNoise", "LatePhaseWeights", "LowCurvature", "StochasticWeightAveraging"]

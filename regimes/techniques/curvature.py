@@ -1,6 +1,7 @@
-"""Curvature measures: sharpness, Hessian trace, input curvature.
+"""Curvature measures: sharpness (and the top-k Hessian eigenvalues), Hessian trace,
+Fisher top eigenvalue and trace, input curvature.
 
-All three are costly and run at their own cadence (`sharpness_every`, ...),
+All are costly and run at their own cadence (`sharpness_every`, ...),
 on a fixed data subset. Each leaves the model exactly as it found it:
 
 * train/eval flag of every submodule restored;
@@ -19,10 +20,22 @@ actually descends (and of the paper's `train_loss`), computed per chunk of
 `input_curvature` always uses eval mode (running statistics): only then is
 the loss of one sample a function of that sample alone, so that its input
 Hessian is well defined and the Hessians of a batch are block-diagonal.
+
+Fisher (`fisher_top`, `fisher_trace`): the true Fisher information of the
+model's predictive distribution p(y|x) = softmax(z(x)), with y drawn from the
+model (not the labels): F = (1/N) sum_i J_i' (diag(p_i) - p_i p_i') J_i, J_i the
+Jacobian of example i's logits w.r.t. the parameters. Products F v come from
+J v (the double-backward trick: J v = d/du <J'u, v>), the softmax Hessian
+diag(p) - pp' applied per example, and J'(.) -- no per-example gradients. For a
+model whose logits are linear in its parameters F equals the Hessian of the
+cross-entropy exactly, at any weights (tests/test_curvature.py uses that as the
+oracle). Train-mode BN as for sharpness (the chunk's logits jointly), whatever
+the training loss (`loss=squared` too: the Fisher is the classifier's).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Callable, Iterator, Sequence
 
@@ -131,7 +144,31 @@ def sharpness(model: nn.Module, inputs: Tensor, targets: Tensor, *, iters: int =
         v = _normalize([torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in ps])
         if method == "power":
             return _power(hvp, v, iters, tol)
-        return _lanczos_top(hvp, v, iters)
+        return float(_lanczos_ritz(hvp, v, iters)[-1])
+
+
+def hessian_top_eigenvalues(model: nn.Module, inputs: Tensor, targets: Tensor, k: int, *, iters: int = 20,
+                            seed: int = 0, bn_mode: str = "train", chunk_size: int | None = None,
+                            loss_fn: LossFn = F.cross_entropy,
+                            params: Sequence[Tensor] | None = None) -> list[float]:
+    """The k largest (algebraic) Ritz values of `iters` Lanczos steps on the Hessian of the mean
+    loss, largest first (the first is `sharpness`); NaN where Lanczos stopped with fewer than k
+    (an invariant subspace: the Hessian restricted to the start vector's Krylov space has fewer
+    eigenvalues). Exact once iters >= the number of parameters (full re-orthogonalisation)."""
+    with preserved(model, bn_mode), torch.enable_grad():
+        ps = _params(model, params)
+        hvp = _hvp_operator(model, inputs, targets, ps, loss_fn, chunk_size)
+        return _top_k(_lanczos_ritz(hvp, _start(ps, seed), iters), k)
+
+
+def _start(ps, seed) -> list[Tensor]:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return _normalize([torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in ps])
+
+
+def _top_k(ritz: Tensor, k: int) -> list[float]:
+    top = ritz.flip(0)[:k].tolist()
+    return top + [float("nan")] * (k - len(top))
 
 
 def _power(hvp, v, iters, tol) -> float:
@@ -146,7 +183,8 @@ def _power(hvp, v, iters, tol) -> float:
     return eig
 
 
-def _lanczos_top(hvp, v, iters) -> float:
+def _lanczos_ritz(hvp, v, iters) -> Tensor:
+    """The Ritz values (ascending, float64) of `iters` Lanczos steps from unit vector v."""
     basis, alphas, betas = [v], [], []
     for k in range(iters):
         w = hvp(basis[-1])
@@ -166,7 +204,7 @@ def _lanczos_top(hvp, v, iters) -> float:
     if betas:
         off = torch.tensor(betas[:len(alphas) - 1], dtype=torch.float64)
         t += torch.diag(off, 1) + torch.diag(off, -1)
-    return float(torch.linalg.eigvalsh(t)[-1])
+    return torch.linalg.eigvalsh(t)
 
 
 def hess_trace(model: nn.Module, inputs: Tensor, targets: Tensor, *, samples: int = 10,
@@ -180,13 +218,53 @@ def hess_trace(model: nn.Module, inputs: Tensor, targets: Tensor, *, samples: in
     """
     with preserved(model, bn_mode), torch.enable_grad():  # callers may be under no_grad
         ps = _params(model, params)
-        hvp = _hvp_operator(model, inputs, targets, ps, loss_fn, chunk_size)
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        total = 0.0
-        for _ in range(samples):
-            v = [(torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(p.device, p.dtype) for p in ps]
-            total += float(_dot(v, hvp(v)))
-        return total / samples
+        return _hutchinson(_hvp_operator(model, inputs, targets, ps, loss_fn, chunk_size), ps, samples, seed)
+
+
+def _hutchinson(op, ps, samples: int, seed: int) -> float:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    total = 0.0
+    for _ in range(samples):
+        v = [(torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(p.device, p.dtype) for p in ps]
+        total += float(_dot(v, op(v)))
+    return total / samples
+
+
+def _fisher_operator(model, inputs, params, chunk_size):
+    """v -> F v, F the Fisher of softmax(logits) averaged over the subset (see the module docstring)."""
+    chunks = _chunks(inputs, inputs, chunk_size)
+    n = inputs.shape[0]
+
+    def fvp(vs: list[Tensor]) -> list[Tensor]:
+        out = [torch.zeros_like(p) for p in params]
+        for x, _ in chunks:
+            z = model(x)
+            p = torch.softmax(z.detach(), dim=1)
+            u = torch.zeros_like(z, requires_grad=True)
+            jtu = torch.autograd.grad(z, params, grad_outputs=u, create_graph=True)   # J'u, linear in u
+            (jv,) = torch.autograd.grad(jtu, u, grad_outputs=vs)                      # J v
+            hz = (p * jv - p * (p * jv).sum(1, keepdim=True)) / n                   # (diag p - pp') J v / N
+            for o, f in zip(out, torch.autograd.grad(z, params, grad_outputs=hz)):
+                o.add_(f)
+        return out
+
+    return fvp
+
+
+def fisher_top(model: nn.Module, inputs: Tensor, *, iters: int = 20, seed: int = 0, bn_mode: str = "train",
+               chunk_size: int | None = None, params: Sequence[Tensor] | None = None) -> float:
+    """Largest eigenvalue of the true Fisher (Lanczos, `iters` Fisher-vector products)."""
+    with preserved(model, bn_mode), torch.enable_grad():
+        ps = _params(model, params)
+        return float(_lanczos_ritz(_fisher_operator(model, inputs, ps, chunk_size), _start(ps, seed), iters)[-1])
+
+
+def fisher_trace(model: nn.Module, inputs: Tensor, *, samples: int = 10, seed: int = 0, bn_mode: str = "train",
+                 chunk_size: int | None = None, params: Sequence[Tensor] | None = None) -> float:
+    """Hutchinson estimate of tr(F) (Rademacher probes, as hess_trace)."""
+    with preserved(model, bn_mode), torch.enable_grad():
+        ps = _params(model, params)
+        return _hutchinson(_fisher_operator(model, inputs, ps, chunk_size), ps, samples, seed)
 
 
 def _per_sample_ce(logits: Tensor, targets: Tensor) -> Tensor:
@@ -232,16 +310,18 @@ def _per_sample_normalize(u: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------
 class CurvatureMeasures(Technique):
-    """The three measures in a run, each on its own epoch cadence (`*_every`, the last
+    """The measures in a run, each on its own epoch cadence (`*_every`, the last
     epoch always included; NaN when not due), on the first `curvature_subset` training
-    examples (seed-independent), with fresh probes per epoch (seed + epoch)."""
+    examples (seed-independent), with fresh probes per epoch (seed + epoch). The loss is
+    the run's (`loss`); the Fisher is the classifier's whatever the loss."""
 
     name = "curvature"
-    measures = ("sharpness", "hess_trace", "input_curvature_mean", "input_curvature_std")
+    measures = ("sharpness", "hess_eig_2", "hess_eig_3", "hess_eig_4", "hess_eig_5", "hess_trace",
+                "fisher_top", "fisher_trace", "input_curvature_mean", "input_curvature_std")
 
     @classmethod
     def enabled(cls, cfg) -> bool:
-        return bool(cfg.sharpness_every or cfg.hess_trace_every or cfg.input_curvature_every)
+        return bool(cfg.sharpness_every or cfg.hess_trace_every or cfg.input_curvature_every or cfg.fisher_every)
 
     def __init__(self, run):
         super().__init__(run)
@@ -258,14 +338,25 @@ class CurvatureMeasures(Technique):
             return every > 0 and (run.epoch % every == 0 or last)
 
         seed = cfg.seed + run.epoch  # fresh probes per epoch, reproducible
-        if cfg.sharpness_every:
-            rec["sharpness"] = sharpness(run.model, x, y, iters=cfg.sharpness_iters, seed=seed,
-                                         chunk_size=cfg.batch_size) if due(cfg.sharpness_every) else nan
+        loss_fn = run.loss_fn
+        if cfg.sharpness_every and due(cfg.sharpness_every):
+            top = hessian_top_eigenvalues(run.model, x, y, cfg.sharpness_topk, iters=cfg.sharpness_iters, seed=seed,
+                                          chunk_size=cfg.batch_size, loss_fn=loss_fn)
+            rec["sharpness"] = top[0]
+            for j, eig in enumerate(top[1:], start=2):
+                rec[f"hess_eig_{j}"] = eig
         if cfg.hess_trace_every:
             rec["hess_trace"] = hess_trace(run.model, x, y, samples=cfg.hess_trace_samples, seed=seed,
-                                           chunk_size=cfg.batch_size) if due(cfg.hess_trace_every) else nan
+                                           chunk_size=cfg.batch_size, loss_fn=loss_fn) \
+                if due(cfg.hess_trace_every) else nan
+        if cfg.fisher_every and due(cfg.fisher_every):
+            rec["fisher_top"] = fisher_top(run.model, x, iters=cfg.sharpness_iters, seed=seed,
+                                           chunk_size=cfg.batch_size)
+            rec["fisher_trace"] = fisher_trace(run.model, x, samples=cfg.hess_trace_samples, seed=seed,
+                                               chunk_size=cfg.batch_size)
         if cfg.input_curvature_every:
             mean, std = input_curvature(run.model, x, y, iters=cfg.input_curvature_iters, seed=seed,
-                                        chunk_size=cfg.batch_size) \
+                                        chunk_size=cfg.batch_size,
+                                        loss_fn=functools.partial(loss_fn, reduction="none")) \
                 if due(cfg.input_curvature_every) else (nan, nan)
             rec["input_curvature_mean"], rec["input_curvature_std"] = mean, std

@@ -1,6 +1,6 @@
 """LCNN: low-curvature neural networks (Srinivas et al., NeurIPS 2022) in a run.
 
-The layers (centered softplus, Lipschitz BN, spectral-norm convs) are in
+The layers (centered softplus, Lipschitz BN, spectral-norm convs and head) are in
 regimes.techniques.lcnn_layers; this module builds *_lcnn models from them
 (`layers`), composes the loss and measures the learned betas and gammas.
 
@@ -41,7 +41,7 @@ from regimes.core.hooks import Objective, Technique
 from regimes.core.models import Layers
 from regimes.core.trainer import plain_objective
 from regimes.techniques.lcnn_layers import (CenteredSoftplus, LipschitzBatchNorm2d, betas, lcnn_activation,
-                                            lcnn_conv, lcnn_norm, log_gammas)
+                                            lcnn_conv, lcnn_head, lcnn_norm, log_gammas)
 
 GNORM_SCALINGS = ("per_sample", "seed")
 SEED_GNORM_CONSTANT = 1e5  # the reference code's numerator in 1e5 / B
@@ -81,13 +81,15 @@ def log_gamma_abs_sum(model: nn.Module) -> Tensor | None:
     return torch.stack(gs).abs().sum() if gs else None
 
 
-def make_objective(penalty: LCNNPenalty, model: nn.Module) -> Objective:
+def make_objective(penalty: LCNNPenalty, model: nn.Module, loss_fn: Callable = F.cross_entropy) -> Objective:
     """Compose the loss once, before the step loop: no branches per step.
 
     The returned objective(model, x, y) -> (loss, logits, stats); `stats` holds
     detached 0-dim tensors (no host sync): for each active term its
     value as added to the loss (beta_penalty, gamma_penalty, gnorm_penalty) and
     input_grad_sq = mean_i ||dl_i/dx_i||^2 (the per_sample G) when gnorm is on.
+    `loss_fn(logits, y)` is the batch-mean data loss (cross-entropy unless `loss=squared`);
+    the input-gradient penalty differentiates it.
     """
     if not penalty.active:
         return plain_objective
@@ -107,7 +109,7 @@ def make_objective(penalty: LCNNPenalty, model: nn.Module) -> Objective:
         if gcoef:
             x = x.detach().requires_grad_(True)
         logits = model(x)
-        ce = F.cross_entropy(logits, y)
+        ce = loss_fn(logits, y)
         loss = ce
         stats = {}
         if gcoef:
@@ -141,8 +143,11 @@ def layers(cfg) -> Layers:
     def norm(ch):
         return lcnn_norm(ch, lipschitz=cfg.lipschitz_bn, mode=cfg.lipschitz_bn_mode, gamma=cfg.lipschitz_bn_gamma)
 
+    def head(cin, classes):
+        return lcnn_head(cin, classes, spectral=cfg.lcnn_head == "spectral", warm_iters=warm)
+
     return Layers(norm=norm, act=lambda: lcnn_activation(cfg.softplus_beta), convnet_conv=convnet_conv,
-                  resnet_conv=resnet_conv)
+                  resnet_conv=resnet_conv, head=head)
 
 
 class LowCurvature(Technique):
@@ -171,7 +176,7 @@ class LowCurvature(Technique):
         self.lipschitz_bn = [m for m in model.modules() if isinstance(m, LipschitzBatchNorm2d)]
 
     def objective(self, base: Objective) -> Objective:
-        return make_objective(self.penalty, self.run.model) if self.penalty.active else base
+        return make_objective(self.penalty, self.run.model, self.run.loss_fn) if self.penalty.active else base
 
     def measure(self, rec: dict) -> None:
         if not (self.softplus or self.lipschitz_bn):

@@ -27,6 +27,15 @@
   `warm_iters` iterations run; afterwards each training-mode forward runs one
   more (training changes W slowly, so one step tracks it); eval mode reuses u.
   sigma = <u, conv(v)> keeps its gradient w.r.t. W (Miyato et al. 2018).
+* `SpectralLinear`: the head, a Linear whose weight matrix is divided by its
+  spectral norm (largest singular value) sigma, from power iteration on W
+  (v = W'u / ||W'u||, u = W v / ||W v||) with u a buffer, as the convs do:
+  `warm_iters` iterations at construction (the shapes are known then), one
+  more per training-mode forward, none in eval mode; sigma = <u, W v> keeps
+  its gradient w.r.t. W. Its operator norm is sigma_max(W) / sigma >= 1 and
+  tends to 1 as the iteration converges (the estimate approaches sigma_max
+  from below), as in the LCNN paper's code, which divides its final linear
+  layer too. The bias is not normalised.
 
 The factories below build these layers; regimes.techniques.lcnn hands them to
 the ConvNet / ResNet-18 builders for the *_lcnn models.
@@ -200,6 +209,38 @@ class SpectralConv2d(nn.Conv2d):
             self.in_hw = (int(hw[0]), int(hw[1]))
 
 
+class SpectralLinear(nn.Linear):
+    """Linear layer divided by the spectral norm of its weight matrix (power iteration)."""
+    fx_leaf = True
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, warm_iters: int = 10):
+        super().__init__(in_features, out_features, bias=bias)
+        self.warm_iters = warm_iters
+        # a private generator: drawing u must not shift the RNG stream of the model's init
+        g = torch.Generator(device="cpu").manual_seed(0)
+        self.register_buffer("sn_u", F.normalize(torch.randn(out_features, generator=g), dim=0))
+        self.power_iteration(warm_iters)
+
+    @torch.no_grad()
+    def power_iteration(self, iters: int = 1) -> None:
+        w, u = self.weight.detach(), self.sn_u
+        for _ in range(iters):
+            v = F.normalize(w.t() @ u, dim=0)
+            u = F.normalize(w @ v, dim=0)
+        self.sn_u.copy_(u)
+
+    def sigma(self) -> Tensor:
+        """<u, W v>, v = W'u / ||W'u||: the current estimate of ||W||_2 (differentiable in W)."""
+        with torch.no_grad():
+            v = F.normalize(self.weight.t() @ self.sn_u, dim=0)
+        return self.sn_u @ (self.weight @ v)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            self.power_iteration(1)
+        return F.linear(x, self.weight / self.sigma(), self.bias)
+
+
 # ---------------------------------------------------------------------------
 # factories for the model builders
 def lcnn_activation(beta: float = 5.0) -> nn.Module:
@@ -216,6 +257,12 @@ def lcnn_conv(in_channels: int, out_channels: int, kernel_size, stride=1, paddin
         return SpectralConv2d(in_channels, out_channels, kernel_size, stride=stride,
                               padding=padding, bias=bias, warm_iters=warm_iters)
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+
+
+def lcnn_head(in_features: int, num_classes: int, spectral: bool = True, warm_iters: int = 10) -> nn.Module:
+    if spectral:
+        return SpectralLinear(in_features, num_classes, warm_iters=warm_iters)
+    return nn.Linear(in_features, num_classes)
 
 
 def betas(model: nn.Module) -> list[Tensor]:

@@ -7,7 +7,7 @@
 - plain     no BatchNorm (convs with bias), nothing scale-invariant; for `free` mode
             baselines and for ENorm, which is function-preserving only without BN.
 - `*_lcnn`  the same networks built from the `Layers` a technique supplies
-            (regimes.techniques.lcnn: centered softplus, spectral-norm convs,
+            (regimes.techniques.lcnn: centered softplus, spectral-norm convs and head,
             Lipschitz BN); `build_model` takes them as an argument.
 """
 from __future__ import annotations
@@ -28,11 +28,12 @@ HEAD_SEED = 20221128  # fixed: every *_si run shares the same frozen head
 
 @dataclass(frozen=True)
 class Layers:
-    """Building blocks that replace the defaults (BN, ReLU, plain convs) in both networks."""
+    """Building blocks that replace the defaults (BN, ReLU, plain convs, the linear head) in both networks."""
     norm: Callable[[int], nn.Module]                              # norm(channels)
     act: Callable[[], nn.Module]
     convnet_conv: Callable[[int, int, bool], nn.Module]           # (cin, cout, bias), 3x3 same
     resnet_conv: Callable[[int, int, int, int, bool], nn.Module]  # (cin, cout, k, stride, bias)
+    head: Callable[[int, int], nn.Module] = nn.Linear             # (in_features, classes), with a bias
 
 
 def build_model(cfg: TrainConfig, input_shape: tuple[int, int, int], num_classes: int,
@@ -47,9 +48,9 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, int, int], num_classes
         if layers is not None:
             if cfg.base_model == "convnet":
                 return ConvNet(in_ch, num_classes, size, cfg.width, cfg.depth, norm=layers.norm, act=layers.act,
-                               conv=layers.convnet_conv, bias=False)
+                               conv=layers.convnet_conv, bias=False, head=layers.head)
             return PreActResNet18(in_ch, num_classes, cfg.width, norm=layers.norm, act=layers.act,
-                                  conv=layers.resnet_conv, bias=False)
+                                  conv=layers.resnet_conv, bias=False, head=layers.head)
         plain = cfg.variant == ""
         affine = cfg.variant == "si_af"
         norm = (lambda ch: None) if plain else (lambda ch: nn.BatchNorm2d(ch, affine=affine))

@@ -19,8 +19,8 @@ from torch import nn
 
 class ConvNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, image_size: int, width: int = 16, depth: int = 4,
-                 norm=None, act=None, conv=None, bias: bool = False):
-        """`norm(ch)`, `act()`, `conv(cin, cout, bias)` build the layers; for the plain variant
+                 norm=None, act=None, conv=None, bias: bool = False, head=None):
+        """`norm(ch)`, `act()`, `conv(cin, cout, bias)`, `head(in_features, classes)` build the layers; for the plain variant
         `norm` returns None (no BN) and `bias` is True."""
         super().__init__()
         norm = norm or (lambda ch: nn.BatchNorm2d(ch, affine=False))
@@ -42,7 +42,7 @@ class ConvNet(nn.Module):
             cin = cout
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveMaxPool2d(1)
-        self.head = nn.Linear(cin, num_classes)
+        self.head = (head or nn.Linear)(cin, num_classes)
 
     def forward(self, x):
         return self.head(torch.flatten(self.pool(self.features(x)), 1))

@@ -31,8 +31,9 @@ class PreActBlock(nn.Module):
 
 class PreActResNet18(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, width: int = 16, norm=None, act=None, conv=None,
-                 bias: bool = False):
-        """`norm(ch)`, `act()`, `conv(cin, cout, k, stride, bias)` build the layers; `bias` is
+                 bias: bool = False, head=None):
+        """`norm(ch)`, `act()`, `conv(cin, cout, k, stride, bias)`, `head(in_features, classes)` build
+        the layers; `bias` is
         for the plain variant, whose `norm` returns nn.Identity (a conv bias before BN is redundant)."""
         super().__init__()
         norm = norm or (lambda ch: nn.BatchNorm2d(ch, affine=False))
@@ -48,7 +49,7 @@ class PreActResNet18(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.final_norm, self.final_act = norm(cin), act()
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(cin, num_classes)
+        self.head = (head or nn.Linear)(cin, num_classes)
 
     def forward(self, x):
         out = self.blocks(self.stem(x))
