@@ -8,11 +8,17 @@ trials that can run at once. Then where the difference goes:
 - Ray start-up (ray.init, not part of the study's wall time),
 - inside trials: Tune's `time_total_s` minus `time_s` = building the Trainer
   (imports, data on the device, model) + tune.report + checkpoints,
-- on the driver: Parquet writes by the sink (timed here by wrapping them),
+- on the driver: our callbacks, the ParquetSink and the sweep's Console (every Tune hook of
+  theirs timed here by wrapping it; the Parquet writes among them counted apart),
 - the rest: actor start-up, scheduling, Tune's controller and experiment snapshots.
+
+Per trial, Tune's own overhead (the slot time a trial costs beyond its training: the
+study's wall time x slots minus the trials' training time, over the trials) is printed
+next to ours (the sink's and the console's driver time per trial).
 
     python benchmarks/sweep_overhead.py                  # 8 trials x 5 epochs, 2 slots
     python benchmarks/sweep_overhead.py --trials 16 --epochs 20 --checkpoint-every 1
+    python benchmarks/sweep_overhead.py --trials 200 --epochs 1 --width 4 --subset 256 --checkpoint-every 1
 """
 from __future__ import annotations
 
@@ -35,25 +41,33 @@ def main() -> None:
 
     import ray
 
+    from ray import tune
+
     from regimes import results
     from regimes.study import spec
+    from regimes.study.console import Console
     from regimes.study.launch import run_study
+    from regimes.study.sink import ParquetSink
 
-    # Time the driver's Parquet writes (the sink calls these through the module).
-    parquet = {"s": 0.0, "n": 0}
+    # Time the driver's Parquet writes (the sink calls atomic_write through the module) and
+    # every Tune hook of our callbacks.
+    spent = {"parquet": [0.0, 0], "sink": [0.0, 0], "console": [0.0, 0]}
 
-    def timed(fn):
+    def timed(fn, key):
         def wrapper(*a, **k):
             t0 = time.perf_counter()
             try:
                 return fn(*a, **k)
             finally:
-                parquet["s"] += time.perf_counter() - t0
-                parquet["n"] += 1
+                spent[key][0] += time.perf_counter() - t0
+                spent[key][1] += 1
         return wrapper
 
-    results.write_trial_epochs = timed(results.write_trial_epochs)
-    results.write_trials = timed(results.write_trials)
+    results.atomic_write = timed(results.atomic_write, "parquet")
+    for cls, key in ((ParquetSink, "sink"), (Console, "console")):
+        for name in dir(tune.Callback):
+            if name.startswith("on_") and name in cls.__dict__:
+                setattr(cls, name, timed(cls.__dict__[name], key))
 
     elrs = [10 ** (-4 + 3 * i / max(args.trials - 1, 1)) for i in range(args.trials)]   # 1e-4 .. 1e-1
     study = spec.from_dict({
@@ -70,7 +84,8 @@ def main() -> None:
     ray_start = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as storage:
         t0 = time.perf_counter()
-        grid = run_study(study, storage, verbose=0)
+        with open(os.devnull, "w") as quiet:
+            grid = run_study(study, storage, verbose=0, display=(Console(study, stream=quiet, tty=False),))
         wall = time.perf_counter() - t0
     ray.shutdown()
 
@@ -86,9 +101,19 @@ def main() -> None:
     print(f"ratio wall / ideal                    {wall / ideal:8.2f}")
     print("where the difference goes:")
     print(f"  inside trials (Trainer build, tune.report, checkpoints) / slots  {in_trial / slots:8.2f} s")
-    print(f"  driver Parquet writes ({parquet['n']} files, overlaps trials)          {parquet['s']:8.2f} s")
     print(f"  actor start-up, scheduling, Tune controller, snapshots          {rest:8.2f} s")
+    print(f"  (on the driver, overlapping trials) ParquetSink hooks           {spent['sink'][0]:8.2f} s"
+          f"   ({spent['parquet'][1]} Parquet files, {spent['parquet'][0]:.2f} s)")
+    print(f"  (on the driver, overlapping trials) Console hooks               {spent['console'][0]:8.2f} s")
     print(f"(not in the wall time) Ray start-up                             {ray_start:8.2f} s")
+    n = len(grid)
+    print(f"per trial ({n}):")
+    print(f"  Tune, slot time beyond training (wall x slots - training) / n  {1e3 * (wall * slots - train) / n:8.1f} ms")
+    print(f"    of which inside the trial (Trainer build, report, ckpt)      {1e3 * in_trial / n:8.1f} ms")
+    print(f"  ours on the driver: ParquetSink                                {1e3 * spent['sink'][0] / n:8.1f} ms"
+          f"   ({spent['sink'][1] / n:.1f} hook calls)")
+    print(f"  ours on the driver: Console                                    {1e3 * spent['console'][0] / n:8.1f} ms"
+          f"   ({spent['console'][1] / n:.1f} hook calls)")
 
 
 if __name__ == "__main__":

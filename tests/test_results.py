@@ -42,3 +42,22 @@ def test_a_field_that_is_none_in_one_trial_has_its_type_so_a_dataset_reads_in_an
     t = ds.dataset(tmp_path / "epochs", format="parquet", partitioning="hive").to_table()
     assert t.schema.field("decided_regime").type == pa.string()
     assert sorted(x for x in t.column("decided_regime").to_pylist() if x) == ["divergence"]
+
+
+def test_epoch_tables_match_the_row_by_row_tables():
+    """The sink's column-wise builder against the reference (a dict per row, then a table):
+    same columns, order, types and values, whatever the records hold (keys missing in some
+    records, all-None measures, a measure named like a config field, constant extra columns)."""
+    cfg = TrainConfig(dataset="digits", epochs=3, schedule="piecewise", knots=[[0, 0.1], [1, 0.001]])
+    recs = [{"epoch": 1, "step": 5, "elr": 0.1, "test_acc": 0.5, "decided_regime": None, "diverged": False},
+            {"epoch": 2, "step": 10, "elr": 0.05, "test_acc": None, "decided_regime": None, "diverged": False},
+            {"epoch": 3, "step": 15, "elr": 0.02, "test_acc": 0.7, "decided_regime": "convergence",
+             "diverged": False, "num_classes": 10}]
+    build = results.EpochTables(cfg, "s", {"pack_id": "p1"})
+    for chunk in (recs[:1], recs[:2], recs[1:2], recs):
+        want = results.table([{**r, "pack_id": "p1"} for r in results.epoch_rows(cfg, chunk, "s")])
+        direct = results.epoch_table(cfg, chunk, "s", {"pack_id": "p1"})
+        got = build(chunk)
+        assert direct.schema == got.schema and direct.to_pylist() == got.to_pylist()
+        if all(set(r) == set(chunk[0]) for r in chunk):      # the reference keys rows by the first one
+            assert want.schema == got.schema and want.to_pylist() == got.to_pylist()

@@ -3,13 +3,17 @@
 Each report's epoch records go to the trial's `TrialWriter`, which appends them
 to the trial's partition `epochs/trial_id=<id>/` (regimes.results): rows are
 kept in memory until the trial's first unwritten row is `flush_s` old (a
-trial's first report in a driver is written at once), then written as one new
-file `part-<first>-<last>.parquet`; once the parts hold as many rows as the
-trial's `data.parquet`, they are merged into it (rows written a constant number
-of times on average), and a trial that ends is merged into `data.parquet`
-alone. Every write is a new file renamed into place, so a driver's cost per
-row does not grow with the epochs or trials already written. A finished
-trial's rows and records leave driver memory; only its trials.parquet row stays.
+trial's first report in a driver is written at once if no other trial's was in
+the last `first_s`), then written as one new file `part-<first>-<last>.parquet`;
+once the parts hold as many rows as the trial's `data.parquet`, they are merged
+into it (rows written a constant number of times on average; the parts' tables
+are still in memory, so a merge reads back at most data.parquet), and a trial
+that ends is merged into `data.parquet` alone. Every write is a new file
+renamed into place, so a driver's cost per row does not grow with the epochs
+or trials already written; what it costs is the number of files (a Parquet
+file of ~115 columns costs milliseconds whatever its rows), so the sink writes
+as few as it can. A finished trial's rows and records leave driver memory;
+only its trials.parquet row stays.
 
 The sink is idempotent across every kind of restart:
 - a trial retried from a checkpoint at epoch k reports k+1, k+2, ... again: a
@@ -17,8 +21,9 @@ The sink is idempotent across every kind of restart:
   files: parts from e on deleted, a file spanning e cut at e);
 - a resumed driver (Tuner.restore) starts with empty memory: the first time it
   sees a trial it reads what the trial's partition holds (an unreadable file is
-  set aside as `.<name>.damaged`; files that overlap, left by a driver killed
-  mid-merge, are merged); rows missing before a report's first epoch (never
+  set aside as `.<name>.damaged`, and removed from a URI storage; files that
+  overlap, left by a driver killed mid-merge, are merged; rows after a gap, e.g.
+  parts after a set-aside data.parquet, are dropped); rows missing before a report's first epoch (never
   written, lost with a killed driver's buffer, or set aside) come from the
   records saved with the trial's last checkpoint, which the trial resumed from:
   rows after that checkpoint are reported again by the trial itself;
@@ -57,10 +62,11 @@ from .trainable import DECIDED_KEY, ENDED_KEY, MEMBERS_KEY, RECORDS_FILE, RECORD
 log = logging.getLogger(__name__)
 _ROW_ONLY = ("study", "schema_version", "trial_id", "pack_id")
 PACK_COLUMN = "pack_id"   # packed studies: the Tune trial that trained a member (epochs and trials rows)
-FLUSH_S = 10.0     # a running trial's rows wait in memory at most this long (then one file)
+FLUSH_S = 30.0     # a running trial's rows wait in memory at most this long (then one file)
+FIRST_S = 1.0      # a trial's first report in a driver is written at once if no other was in this long
 SMALL_BASE = 64    # a data.parquet of up to this many rows written by this driver stays in memory
 TABLE_S = 1.0      # trials.parquet is rewritten at most this often (and at the end), and
-TABLE_DUTY = 20.0  # ... at most once per this many times the last rewrite's duration
+TABLE_DUTY = 100.0  # ... at most once per this many times the last rewrite's duration
 
 
 def trial_status(tune_status: str, records: list[dict], cfg: TrainConfig, scheduled: bool = True) -> str:
@@ -111,7 +117,10 @@ class TrialWriter:
         self.since: float | None = None                       # clock when buffer[0] arrived
         self.last: dict | None = None                         # the trial's newest record
         self.writes = 0                                       # files written by this writer
-        self._base: list[dict] | None = None   # data.parquet's records while it is small and ours
+        # tables of files this writer wrote, so that a merge reads nothing back: the parts
+        # (together never more rows than data.parquet) and data.parquet while it is small
+        self._cache: dict = {}
+        self._tables: results.EpochTables | None = None
         self._load()
 
     # --- what is there -------------------------------------------------------------------
@@ -135,16 +144,18 @@ class TrialWriter:
             if name != results.DATA_FILE and results.part_range(name) is None:
                 continue                          # not ours (readers would still see it)
             table = _read_or_set_aside(path, columns=["epoch"])
+            if table is None and self.store is not None:
+                self.store.delete(self._rel(name))      # set aside: the bucket's copy is as damaged
             if table is None or table.num_rows == 0:
                 continue
             epochs = table.column("epoch").to_pylist()
             self.files[name] = (min(epochs), max(epochs), len(epochs))
         ordered = sorted(self.files.items(), key=lambda kv: kv[1][0])
-        expected = None
+        expected = 1                          # epochs count from 1: rows after a gap are of no use
         for i, (name, (first, last, n)) in enumerate(ordered):
-            if n != last - first + 1 or (expected is not None and first != expected):
+            if n != last - first + 1 or first != expected:
                 log.warning("rows of trial %s overlap or have a gap at epoch %d: merging its files",
-                            self.trial_id, first)
+                            self.trial_id, min(first, expected))
                 self._merge(repair=True)
                 break
             expected = last + 1
@@ -179,9 +190,10 @@ class TrialWriter:
         self.buffer.extend(records)
         self.last = records[-1]
 
-    def due(self, now: float, flush_s: float) -> bool:
-        """Unwritten rows that should be written now: the first in this driver, or `flush_s` old."""
-        return bool(self.buffer) and (self.writes == 0 or now - self.since >= flush_s)
+    def due(self, now: float, flush_s: float, first: bool = False) -> bool:
+        """Unwritten rows that should be written now: `flush_s` old, or (`first`) the trial's
+        first in this driver."""
+        return bool(self.buffer) and ((first and self.writes == 0) or now - self.since >= flush_s)
 
     def flush(self) -> None:
         """Write the buffered rows: as a new part file, or merged into data.parquet once the
@@ -195,7 +207,7 @@ class TrialWriter:
             return
         first, last = self.buffer[0]["epoch"], self.buffer[-1]["epoch"]
         name = results.part_name(first, last)
-        self._write(name, results.table(self._rows(self.buffer)))
+        self._write(name, self._table(self.buffer))
         self.files[name] = (first, last, len(self.buffer))
         self.buffer, self.since = [], None
 
@@ -205,12 +217,10 @@ class TrialWriter:
             self._merge()
 
     # --- files ---------------------------------------------------------------------------
-    def _rows(self, records: list[dict]) -> list[dict]:
-        rows = results.epoch_rows(self.cfg, records, self.study)
-        if self.columns:
-            for row in rows:
-                row.update(self.columns)
-        return rows
+    def _table(self, records: list[dict]):
+        if self._tables is None:
+            self._tables = results.EpochTables(self.cfg, self.study, self.columns)
+        return self._tables(records)
 
     def ended(self) -> bool:
         """The newest record is the run's last: diverged, decided (early stop) or the last epoch."""
@@ -221,13 +231,18 @@ class TrialWriter:
         return f"epochs/trial_id={self.trial_id}/{name}"
 
     def _write(self, name: str, table) -> None:
-        results.atomic_write(table, self.folder / name)
+        results.atomic_write(table, self.folder / name, **results.write_options(table.num_rows))
         self.writes += 1
+        if name != results.DATA_FILE or table.num_rows <= SMALL_BASE:
+            self._cache[name] = table
+        else:
+            self._cache.pop(name, None)
         if self.store is not None:
             self.store.push(self._rel(name))
 
     def _remove(self, name: str) -> None:
         self.files.pop(name, None)
+        self._cache.pop(name, None)
         try:
             os.unlink(self.folder / name)
         except FileNotFoundError:
@@ -236,6 +251,8 @@ class TrialWriter:
             self.store.delete(self._rel(name))
 
     def _read(self, name: str):
+        if name in self._cache:
+            return self._cache[name]
         return pq.ParquetFile(self.folder / name).read()
 
     def _merge(self, repair: bool = False) -> None:
@@ -245,36 +262,32 @@ class TrialWriter:
         driver merges again (repair)."""
         import pyarrow as pa
 
-        if not repair and set(self.files) <= {results.DATA_FILE} and (self._base is not None or not self.files):
-            # a short trial: data.parquet's rows are still in memory, no need to read it back
-            records = (self._base or []) + self.buffer
-            merged = results.table(self._rows(records))
-            self._write(results.DATA_FILE, merged)
-            self.files = {results.DATA_FILE: (records[0]["epoch"], records[-1]["epoch"], len(records))}
-            self._base = records if len(records) <= SMALL_BASE else None
-            self.buffer, self.since = [], None
-            return
-        self._base = None
+        if repair:
+            self._cache.clear()
         ordered = sorted(self.files, key=lambda n: (n != results.DATA_FILE, self.files[n][0]))
         tables = [self._read(n) for n in ordered]
         if self.buffer:
-            tables.append(results.table(self._rows(self.buffer)))
+            tables.append(self._table(self.buffer))
         if not tables:
             return
         merged = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
         epochs = merged.column("epoch").to_pylist()
-        if any(b != a + 1 for a, b in zip(epochs, epochs[1:])):     # only after a crash (repair)
+        if repair and (epochs[0] != 1 or any(b != a + 1 for a, b in zip(epochs, epochs[1:]))):
             newest = {e: i for i, e in enumerate(epochs)}            # each epoch's last copy
-            keep = [newest[e] for e in sorted(newest)]
             kept = sorted(newest)
-            for j in range(1, len(kept)):
-                if kept[j] != kept[j - 1] + 1:
-                    log.warning("trial %s has no rows for epochs %d-%d: its rows after them are dropped "
-                                "(the trial reports them again, or its checkpoint holds them)",
-                                self.trial_id, kept[j - 1] + 1, kept[j] - 1)
-                    keep = keep[:j]
-                    break
-            merged = merged.take(pa.array(keep, pa.int64()))
+            j = 0
+            while j < len(kept) and kept[j] == j + 1:               # the run of epochs from 1 on
+                j += 1
+            if j < len(kept):
+                log.warning("trial %s has no rows for epochs %d-%d: its rows after them are dropped "
+                            "(the trial reports them again, or its checkpoint holds them)",
+                            self.trial_id, j + 1, kept[j] - 1)
+            merged = merged.take(pa.array([newest[e] for e in kept[:j]], pa.int64()))
+        if merged.num_rows == 0:
+            for name in list(self.files):
+                self._remove(name)
+            self.buffer, self.since = [], None
+            return
         old = [n for n in self.files if n != results.DATA_FILE]
         epochs = merged.column("epoch")
         self._write(results.DATA_FILE, merged)
@@ -288,7 +301,6 @@ class TrialWriter:
         on is deleted, a file spanning it is rewritten without those rows)."""
         import pyarrow.compute as pc
 
-        self._base = None
         self.buffer = [r for r in self.buffer if r["epoch"] < epoch]
         if not self.buffer:
             self.since = None
@@ -315,10 +327,11 @@ class ParquetSink(tune.Callback):
     the time source in seconds (a benchmark's simulated time)."""
 
     def __init__(self, study: Study, store: StudyStore, flush_s: float = FLUSH_S, table_s: float = TABLE_S,
-                 table_duty: float = TABLE_DUTY, clock=time.monotonic):
+                 table_duty: float = TABLE_DUTY, clock=time.monotonic, first_s: float = FIRST_S):
         self.study = study
         self.store = store
         self.flush_s, self.table_s, self.table_duty, self.clock = flush_s, table_s, table_duty, clock
+        self.first_s = first_s
         self._reset()
 
     def _reset(self) -> None:
@@ -339,16 +352,18 @@ class ParquetSink(tune.Callback):
         self._table_cost = 0.0                      # seconds that write took
         self._table_dirty = False                   # a trial started or ended since
         self._swept = -math.inf                # clock of the last look for rows due (on_step_end)
+        self._first_written = -math.inf        # clock of the last first report written at once
         self._members: dict[str, list[tuple[str, TrainConfig]]] = {}   # packed trial -> (member id, config)
+        self._configs: dict[str, TrainConfig] = {}                       # running trial -> its config
 
-    _KEEP = ("study", "store", "flush_s", "table_s", "table_duty", "clock")
+    _KEEP = ("study", "store", "flush_s", "table_s", "table_duty", "clock", "first_s")
 
     def __getstate__(self):        # Tune pickles callbacks with the run config: no rows in there
         return {k: self.__dict__[k] for k in self._KEEP if k in self.__dict__}
 
     def __setstate__(self, state):
         self.__dict__.update({"flush_s": FLUSH_S, "table_s": TABLE_S, "table_duty": TABLE_DUTY,
-                              "clock": time.monotonic})
+                              "clock": time.monotonic, "first_s": FIRST_S})
         self.__dict__.update({k: state[k] for k in self._KEEP if k in state})
         self._reset()
 
@@ -377,8 +392,7 @@ class ParquetSink(tune.Callback):
         if now - self._swept >= 1.0:               # rows of trials that stopped reporting
             self._swept = now
             for w in self._writers.values():
-                if w.due(now, self.flush_s):
-                    w.flush()
+                self._flush_if_due(w, now)
         self._maybe_write_trials(trials)
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -465,7 +479,16 @@ class ParquetSink(tune.Callback):
         w.add(records, now, saved=saved)
         if where and "trial_host" in where:
             self._where[trial_id] = {"host": where["trial_host"], "device": where["trial_device"]}
-        if w.due(now, self.flush_s):
+        self._flush_if_due(w, now)
+
+    def _flush_if_due(self, w: TrialWriter, now: float) -> None:
+        """Write a trial's buffered rows once they are `flush_s` old; a trial's first report is
+        written at once if no other first report was in the last `first_s` (a new trial shows
+        up at once in a small study, and costs at most one extra file per `first_s` in a big one)."""
+        first = now - self._first_written >= self.first_s
+        if w.due(now, self.flush_s, first=first):
+            if w.writes == 0:
+                self._first_written = now
             w.flush()
 
     def finish(self, trial_id: str, cfg: TrainConfig, trial, tune_status: str, columns: dict | None = None) -> None:
@@ -480,6 +503,7 @@ class ParquetSink(tune.Callback):
         w.finish()
         row = self._summary(trial_id, cfg, trial, w.last, tune_status, w.columns)
         del self._writers[trial_id]
+        self._configs.pop(trial_id, None)
         if row is not None:
             self._finished[trial_id] = row
         self._ended.add(trial_id)
@@ -489,7 +513,11 @@ class ParquetSink(tune.Callback):
         return results.trial_folder(self.store.local_dir, trial_id) / results.DATA_FILE
 
     def _config(self, trial) -> TrainConfig:
-        return self.study.config(trial.config)
+        """The trial's TrainConfig (building one costs ~1 ms: kept until the trial ends)."""
+        cfg = self._configs.get(trial.trial_id)
+        if cfg is None:
+            cfg = self._configs[trial.trial_id] = self.study.config(trial.config)
+        return cfg
 
     def _member_index(self, trial, trial_id: str) -> int | None:
         """k if `trial_id` is member k of the packed `trial`, else None."""
@@ -510,8 +538,7 @@ class ParquetSink(tune.Callback):
                 if back:
                     log.warning("rebuilding the rows of trial %s (epochs 1-%d) from its checkpoint",
                                 trial_id, back[-1]["epoch"])
-                    w.add(back, self.clock())
-                    w.flush()
+                    w.add(back, self.clock())      # written with the report (or finish) that follows
         return w
 
     def _unfinish(self, trial_id: str) -> None:

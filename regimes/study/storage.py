@@ -99,10 +99,15 @@ class StudyStore:
 
     # --- mirroring (URI storage only) ----------------------------------------
     def _fs(self):
-        import pyarrow.fs as pafs
+        """(filesystem, base path) of the study URI; made once per store (for S3, resolving the
+        credentials and region costs more than a small upload)."""
+        cached = self.__dict__.get("_fs_cache")
+        if cached is None:
+            import pyarrow.fs as pafs
 
-        fs, path = pafs.FileSystem.from_uri(self.study_path)
-        return fs, path
+            cached = pafs.FileSystem.from_uri(self.study_path)
+            object.__setattr__(self, "_fs_cache", cached)     # frozen dataclass; not pickled (__reduce__)
+        return cached
 
     def push(self, relpath: str) -> None:
         """Upload one file (or folder) of the local dir to the study URI; no-op for local storage."""
