@@ -156,3 +156,10 @@ def test_a_packed_boundary_search_brackets_with_members(ray_local, tmp_path):
     for line in summary["lines"]:
         assert line["brackets"] and all(b["known"] for b in line["brackets"])
         assert len(line["labels"]) == line["probes"]
+
+
+def test_a_pack_measured_not_to_pay_is_warned_about():
+    assert spec.from_dict(grid("g", pack=4)).pack_advice() is None               # width 4 on a CPU: pays
+    wide = spec.from_dict({**grid("g", pack=4), "base": {**BASE, "width": 32}})
+    assert "slower" in wide.pack_advice() and "pack: off" in wide.pack_advice()
+    assert spec.from_dict({**grid("g"), "base": {**BASE, "width": 32}}).pack_advice() is None

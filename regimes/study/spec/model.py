@@ -104,6 +104,17 @@ class Study:
             out += [group[i::n] for i in range(n)]
         return out
 
+    def pack_advice(self) -> str | None:
+        """A warning for a pack measured not to pay: on a CPU, at width 32 and more, the grouped
+        convolutions cost more than the separate ones (benchmarks/packing.py: 0.9x at width 32)."""
+        if self.pack <= 1:
+            return None
+        cfg = self.config(next(iter(self.grid_points()), {}) if self.kind == "grid" else {})
+        if cfg.device == "cpu" and cfg.width >= 32:
+            return (f"pack: packing width-{cfg.width} models on a CPU is slower than training them one per "
+                    "trial (measured 0.9x at width 32; it pays up to width 16); consider pack: off")
+        return None
+
     def num_trials(self) -> int:
         if self.kind == "grid":
             return math.prod(len(v) for v in self.space.values())
