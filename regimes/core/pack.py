@@ -58,6 +58,7 @@ from .params import Role, find_roles, no_decay_params
 from .runtime import resolve_device, resolve_memory_format, retain_freed_memory
 from .schedules import schedule_values
 from .sphere import joint_norm
+from .trainer import load_checkpoint, measuring
 
 
 # --- the packed layers ---------------------------------------------------------------
@@ -467,23 +468,13 @@ class PackedTrainer:
     def evaluate_train(self) -> tuple[list[float], list[float]]:
         """Per member: full train set, BN in train mode, no augmentation, minibatches of
         batch_size (as unpacked); BN running statistics are restored afterwards."""
-        saved = {k: v.clone() for k, v in self.model.state_dict().items() if "running" in k or "num_batches" in k}
-        was = self.model.training
-        self.model.train()
-        try:
+        with measuring(self.model, train=True):
             return self._loss_acc(self.data.x_train, self.data.y_train, self.cfg.batch_size)
-        finally:
-            self.model.load_state_dict(saved, strict=False)
-            self.model.train(was)
 
     @torch.no_grad()
     def evaluate_test(self) -> tuple[list[float], list[float]]:
-        was = self.model.training
-        self.model.eval()
-        try:
+        with measuring(self.model, train=False):
             return self._loss_acc(self.data.x_test, self.data.y_test, 1000 if self.device.type == "cuda" else 128)
-        finally:
-            self.model.train(was)
 
     def _loss_acc(self, x, y, chunk):
         """Every member on the same examples: each chunk is repeated into every channel block."""
@@ -530,8 +521,6 @@ class PackedTrainer:
 
     def restore(self, path) -> None:
         """Load a checkpoint written by `save` (torch's weights-only loader, as `Trainer.restore`)."""
-        from .trainer import load_checkpoint
-
         self.load_state_dict(load_checkpoint(path, self.device))
 
 

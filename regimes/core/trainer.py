@@ -282,25 +282,15 @@ class Trainer:
         """Full train set, BN in train mode (batch statistics, as during training), no
         augmentation, in minibatches of batch_size. BN running statistics are restored
         afterwards, so the measure leaves the model as it found it."""
-        saved = {k: v.clone() for k, v in self.model.state_dict().items() if "running" in k or "num_batches" in k}
-        was_training = self.model.training
-        self.model.train()
-        try:
+        with measuring(self.model, train=True):
             return self._loss_acc(self.data.x_train, self.data.y_train, self.cfg.batch_size)
-        finally:
-            self.model.load_state_dict(saved, strict=False)
-            self.model.train(was_training)
 
     @torch.no_grad()
     def evaluate_test(self) -> tuple[float, float]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with measuring(self.model, train=False):
             # eval-mode outputs do not depend on the chunk: small chunks stay in the CPU's
             # cache (2.5x faster than 1000 at width 16), large ones fill a GPU
             return self._loss_acc(self.data.x_test, self.data.y_test, 1000 if self.device.type == "cuda" else 128)
-        finally:
-            self.model.train(was_training)
 
     @torch.no_grad()
     def train_per_example(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -371,6 +361,23 @@ class Trainer:
         checkpoint file from someone else's study folder cannot run code. A file holding
         anything else (a planted pickle, or an object our format never contained) is refused."""
         self.load_state_dict(load_checkpoint(path, self.device))
+
+
+@contextlib.contextmanager
+def measuring(model, train: bool):
+    """The model in train mode (BN batch statistics, as during training) or eval mode for a
+    measure; afterwards its mode and, after train mode, its BN running statistics are as
+    they were, so the measure leaves the model as it found it."""
+    saved = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k} \
+        if train else None
+    was_training = model.training
+    model.train(train)
+    try:
+        yield model
+    finally:
+        if saved is not None:
+            model.load_state_dict(saved, strict=False)
+        model.train(was_training)
 
 
 def load_checkpoint(path, device=None) -> dict:
