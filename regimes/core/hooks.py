@@ -14,7 +14,8 @@ Life of a run, in order:
 3. `Technique(run)`: created once the model, the optimiser and the data exist.
    `run` is the Trainer; a technique may read its public attributes (`cfg`,
    `model`, `optimizer`, `data`, `device`, `epoch`, `step`, `steps_per_epoch`,
-   `techniques`) and nothing else.
+   `techniques`, `si_params`, `si_groups`, `loss_fn`, `train_per_example`) and
+   nothing else.
 4. `objective(base)`: wrap or replace the loss (model, x, y) -> (loss, logits, stats);
    `stats` are detached 0-dim tensors averaged over the epoch into the record.
 5. Every epoch: `epoch_start(epoch)`, then `overrides()` (replacements for the
