@@ -58,7 +58,7 @@ from .params import Role, find_roles, no_decay_params
 from .runtime import resolve_device, resolve_memory_format, retain_freed_memory
 from .schedules import schedule_values
 from .sphere import joint_norm
-from .trainer import load_checkpoint, measuring
+from .trainer import _frozen, load_checkpoint, measuring
 
 
 # --- the packed layers ---------------------------------------------------------------
@@ -308,11 +308,11 @@ class PackedTrainer:
         return (self.K,) + (1,) * t.dim()
 
     @torch.no_grad()
-    def _step(self) -> None:
+    def _step(self, groups) -> None:
         """torch.optim.SGD's update (weight decay, heavy-ball momentum without dampening),
         member by member: every coefficient a vector over the pack."""
         s, K = self.step, self.K
-        for kind, name, p in self._groups():
+        for kind, name, p in groups:
             if p.grad is None:
                 continue
             pv, d = p.unflatten(0, (K, -1)), p.grad.unflatten(0, (K, -1))
@@ -385,7 +385,8 @@ class PackedTrainer:
             egn_sum = torch.zeros_like(loss_sum)
             angle_sum = torch.zeros_like(loss_sum)
             prev = [p.detach().clone() for p in si]
-            params = [p for _, _, p in self._groups()]
+            groups = list(self._groups())        # fixed for the epoch: members leave between epochs
+            params = [p for _, _, p in groups]
             for i in range(self.steps_per_epoch):
                 x, y = self._batch(perms, i)
                 for p in params:
@@ -394,7 +395,7 @@ class PackedTrainer:
                 losses.sum().backward()           # member k's gradient is that of its own mean loss
                 if si:
                     egn_sum += (self._norms([p.grad for p in si]) * self._norms(si)).double()
-                self._step()
+                self._step(groups)
                 if cfg.mode == "sphere":
                     self._project(si)
                 if si:
@@ -531,6 +532,3 @@ def train_pack(cfgs: Sequence[TrainConfig], state: dict | None = None) -> Iterat
         trainer.load_state_dict(state)
     return trainer.run()
 
-
-def _frozen(v):
-    return tuple(_frozen(x) for x in v) if isinstance(v, (list, tuple)) else v
