@@ -29,6 +29,7 @@ resolution; early stopping saves >= 30% of epochs with unchanged labels.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -49,12 +50,12 @@ SMOKE = {"width": 4, "epochs": 4, "subset": 256, "batch_size": 32}
 STUDIES = ("grid", "search", "search-es")
 
 
-def run(name: str, search: dict, base: dict, storage: str, early_stop: bool, analyse_only: bool = False,
+def run(name: str, search: dict, base: dict, storage: str, early_stop: bool | dict, analyse_only: bool = False,
         restart: bool = False):
     source = {"name": name, "base": base, "search": search, "resources": {"cpu": 1},
               "checkpoint_every": 1000}
     if early_stop:
-        source["early_stop"] = True
+        source["early_stop"] = early_stop
     study = spec.from_dict(source)
     t0 = time.time()
     if not analyse_only:
@@ -137,6 +138,10 @@ def main(argv=None) -> int:
     p.add_argument("--smoke-test", action="store_true")
     p.add_argument("--analyse-only", action="store_true",
                    help="re-read the studies already in --storage (e.g. with changed rules); train nothing")
+    p.add_argument("--early-stop", type=json.loads, default=True, metavar="JSON",
+                   help="the spec's early_stop section for the replay and search + ES, e.g. "
+                        "'{\"labels\": [\"convergence\", \"divergence\", \"chaotic_equilibrium\"]}' "
+                        "(default: true, the defaults)")
     p.add_argument("--train", nargs="+", choices=STUDIES, default=list(STUDIES),
                    help="studies to train; the others are re-read from --storage (default: all)")
     a = p.parse_args(argv)
@@ -169,14 +174,15 @@ def main(argv=None) -> int:
         _, s, sl, sw = run("search", boundary, base, storage, False, "search" in keep,
                             "search" in fresh)
         print(f"search done in {sw:.0f} s", flush=True)
-        _, se, sel, sew = run("search-es", boundary, base, storage, True, "search-es" in keep,
+        study_es, se, sel, sew = run("search-es", boundary, base, storage, a.early_stop, "search-es" in keep,
                             "search-es" in fresh)
         print(f"search + early stop done in {sew:.0f} s", flush=True)
     finally:
         if keep != set(STUDIES):
             ray.shutdown()
 
-    stop = R.EarlyStop()
+    stop = study_es.early_stop
+    print(f"early stop: {stop}")
     ge_epochs, ge_labels = grid_with_early_stop(g, gl, stop)
     full = dict(zip(gl["trial_id"], gl["regime"]))
     grid_changed = sum(ge_labels[t] != full[t] for t in full)

@@ -157,7 +157,9 @@ class EpochTables:
 
 
 def trial_summary(cfg: TrainConfig | dict, records: list[dict], study: str, trial_id: str, status: str,
-                  extra: dict | None = None) -> dict:
+                  extra: dict | None = None, torch: bool = True) -> dict:
+    """One trials.parquet row. `torch=False`: the provenance without this process's torch, GPU
+    and device (the study driver: the trial's come in `extra`, from its reports)."""
     config = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
     row = {"study": study, "trial_id": trial_id, **{k: _scalar(v) for k, v in config.items()}}
     last = records[-1] if records else {}
@@ -167,7 +169,7 @@ def trial_summary(cfg: TrainConfig | dict, records: list[dict], study: str, tria
     row["epochs_done"] = last.get("epoch", 0)
     row["diverged"] = bool(last.get("diverged", False))
     row["status"] = status
-    row.update(provenance(device=config.get("device")))
+    row.update(provenance(device=config.get("device")) if torch else provenance(torch=False))
     row.update(extra or {})
     return row
 
@@ -315,11 +317,23 @@ def _scalar(v):
 _PROVENANCE_CACHE: dict = {}
 
 
-def provenance(device: str | None = None) -> dict:
-    """Where and with what a result was made: git commit, versions, host, device."""
-    if not _PROVENANCE_CACHE:
-        import torch
+def provenance(device: str | None = None, torch: bool = True) -> dict:
+    """Where and with what a result was made: git commit, versions, host, device. `torch=False`:
+    without torch_version and cuda_device, and without importing torch (a study's driver)."""
+    if not torch:
+        return dict(_base_provenance())
+    import torch as _torch
 
+    out = dict(_base_provenance())
+    out.update(torch_version=_torch.__version__,
+               cuda_device=_torch.cuda.get_device_name(0) if _torch.cuda.is_available() else "")
+    if device is not None:
+        out["device"] = ("cuda" if _torch.cuda.is_available() else "cpu") if device == "auto" else device
+    return out
+
+
+def _base_provenance() -> dict:
+    if not _PROVENANCE_CACHE:
         from . import __version__
 
         try:
@@ -328,14 +342,8 @@ def provenance(device: str | None = None) -> dict:
         except (OSError, subprocess.SubprocessError):
             commit = "unknown"
         _PROVENANCE_CACHE.update({
-            "git_commit": commit, "regimes_version": __version__, "torch_version": torch.__version__,
+            "git_commit": commit, "regimes_version": __version__,
             "python_version": platform.python_version(), "host": socket.gethostname(),
-            "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
             "platform": sys.platform,
         })
-    out = dict(_PROVENANCE_CACHE)
-    if device is not None:
-        import torch
-
-        out["device"] = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    return out
+    return _PROVENANCE_CACHE

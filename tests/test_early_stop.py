@@ -243,3 +243,41 @@ def test_convergence_needs_every_epoch_of_the_window_at_zero():
     assert R.classify(traj["train_loss"][:12], traj["train_acc"][:12], traj["eff_grad_norm"][:12],
                       C).label == R.CONVERGENCE
     assert first_stop(traj) is None
+
+
+def test_chaotic_window_sets_the_chaotic_labels_own_window():
+    traj = synthetic("chaotic", seed=3)
+    labels = (R.CONVERGENCE, R.DIVERGENCE, R.CHAOTIC)
+    short = first_stop(traj, R.EarlyStop(window=4, min_epochs=4, labels=labels))
+    long = first_stop(traj, R.EarlyStop(window=4, chaotic_window=10, min_epochs=4, labels=labels))
+    assert short[1] == long[1] == R.CHAOTIC == full_label(traj)
+    assert long[0] >= short[0] + 6 and long[0] >= 10      # 10 measured epochs of evidence, not 4
+
+
+def test_a_strict_diverge_stop_acc_keeps_an_edge_of_divergence_run_going():
+    """Recorded (benchmarks/boundary_search.py's grid: digits, width 8, batch 16, ELR 0.026, seed 0):
+    the accuracy hovers at 0.1-0.17 for 15 epochs, then reaches 0.2-0.32, and the full run ends
+    chaotic (loss above ln C, accuracy above chance + 0.1). With the default accuracy bound (each
+    epoch below chance + 0.1) divergence stops it at epoch 8; with every epoch below chance + 0.05
+    it is never stopped as divergence."""
+    traj = {"train_loss": [3.948, 3.723, 4.236, 4.554, 4.006, 4.676, 4.207, 4.14, 5.429, 3.736, 4.245, 4.325,
+                           3.894, 4.003, 4.422, 2.547, 4.017, 3.774, 3.169, 4.684],
+            "train_acc": [0.098, 0.112, 0.046, 0.094, 0.147, 0.167, 0.096, 0.168, 0.066, 0.127, 0.168, 0.096,
+                          0.156, 0.118, 0.117, 0.324, 0.186, 0.196, 0.208, 0.154],
+            "eff_grad_norm": [71.2, 61.49, 49.92, 67.31, 49.88, 49.52, 56.9, 58.82, 58.97, 65.68, 57.87, 56.58,
+                              55.34, 53.02, 54.35, 47.29, 50.16, 49.88, 44.52, 49.89]}
+    assert full_label(traj) == R.CHAOTIC
+    assert first_stop(traj) == (8, R.DIVERGENCE)
+    strict = first_stop(traj, R.EarlyStop(diverge_stop_acc=0.05))
+    assert strict is None or strict[1] != R.DIVERGENCE, strict
+
+
+def test_the_spec_passes_the_early_stop_knobs():
+    from regimes.study import spec
+
+    s = spec.from_dict({"name": "x", "base": {"dataset": "digits", "epochs": 20},
+                        "search": {"kind": "grid", "space": {"elr": [0.01]}},
+                        "early_stop": {"chaotic_window": 6, "diverge_stop_acc": 0.05, "converge_window": 7,
+                                       "labels": ["convergence", "divergence", "chaotic_equilibrium"]}})
+    e = s.early_stop
+    assert (e.chaotic_window, e.diverge_stop_acc, e.convergence_window, e.window_of(R.CHAOTIC)) == (6, 0.05, 7, 6)

@@ -113,3 +113,16 @@ def test_config_and_regime_load_without_torch_and_the_trainer_without_ray_or_pan
     assert not light & {"torch", "ray", "pandas", "optuna"}, light & {"torch", "ray", "pandas", "optuna"}
     trainer = _loaded_after("from regimes import Trainer, train")
     assert "torch" in trainer and not trainer & {"ray", "pandas", "optuna", "seaborn"}
+
+
+def test_a_study_driver_runs_without_torch():
+    """The driver's modules and a trials.parquet row as the sink makes it load no torch (a CPU head
+    node needs none; importing it cost ~2 s of every sweep's start): torch, the GPU and the device
+    in the row are the trial's, from its reports."""
+    loaded = _loaded_after(
+        "from regimes.study import launch, sink, console, trainable, boundary, search; "
+        "from regimes import results; "
+        "row = results.trial_summary({'device': 'auto'}, [], 's', 't', 'running', "
+        "extra={'torch_version': '9.9', 'cuda_device': 'X', 'device': 'cuda:0'}, torch=False); "
+        "assert row['torch_version'] == '9.9' and row['cuda_device'] == 'X' and row['device'] == 'cuda:0', row")
+    assert "torch" not in loaded and "ray" in loaded

@@ -164,15 +164,34 @@ def test_too_few_points_is_unresolved():
 
 def test_a_random_guessers_short_window_does_not_flicker():
     """Recorded on digits (ELR 0.499, seed 0): chance accuracy, loss 3.6-6 nats. With 3-point
-    windows the prefixes ending at epochs 6 and 10 read `unresolved` (a 15% fall of the noisy
-    loss counted as a trend without a t-test); with 4 every prefix from epoch 4 is divergence."""
+    windows and no diverge_high_loss rule, some prefixes read `unresolved` (a fall of the noisy
+    loss over 3 points reads as a trend); with 4-point windows, or with the rule (loss >= 1.5 ln C
+    at every epoch of the window at chance accuracy), every prefix from epoch 4 is divergence."""
     loss = np.array([4.95, 3.85, 5.22, 5.42, 4.22, 4.26, 4.00, 5.00, 3.61, 4.09, 5.37, 4.14, 4.54, 6.07])
     acc = np.array([.05, .06, .09, .06, .10, .10, .18, .08, .09, .06, .10, .05, .12, .10])
-    labels = [R.classify(loss[:k], acc[:k], None, C).label for k in range(4, loss.size + 1)]
-    assert labels == [R.DIVERGENCE] * len(labels), labels
-    short = R.RegimeRules(min_window=3)
+    for rules in (R.RegimeRules(), R.RegimeRules(min_window=3), R.RegimeRules(diverge_high_loss=math.inf)):
+        labels = [R.classify(loss[:k], acc[:k], None, C, rules=rules).label for k in range(4, loss.size + 1)]
+        assert labels == [R.DIVERGENCE] * len(labels), (rules, labels)
+    short = R.RegimeRules(min_window=3, diverge_high_loss=math.inf)
     assert R.UNRESOLVED in [R.classify(loss[:k], acc[:k], None, C, rules=short).label
                             for k in range(4, loss.size + 1)]
+
+
+def test_a_confidently_wrong_net_whose_logits_relax_smoothly_is_divergence():
+    """Recorded on digits (ELR 1, seed 0, 20 epochs): accuracy at chance throughout, the loss
+    falling smoothly from 6.3 to 4.3 nats over the last epochs (slope t = -11, too smooth for the
+    noisy-fall rule). Loss >= 1.5 ln C at every epoch at chance accuracy is divergence; without
+    that rule the window reads as still trending."""
+    loss = np.array([4.41, 4.61, 4.22, 5.49, 3.93, 3.96, 4.23, 4.96, 5.97, 4.32, 5.03, 6.54, 5.92, 4.58, 6.30,
+                     5.32, 5.00, 4.92, 4.59, 4.30])
+    acc = np.array([.10, .10, .09, .11, .11, .05, .21, .02, .16, .10, .16, .15, .10, .10, .06, .08, .10, .10,
+                    .08, .10])
+    c = R.classify(loss, acc, None, C)
+    assert c.label == R.DIVERGENCE and "diverge_high_loss" in c.reason, c.reason
+    assert R.classify(loss, acc, None, C, rules=R.RegimeRules(diverge_high_loss=math.inf)).label == R.UNRESOLVED
+    # below 1.5 ln C a smooth fall at chance accuracy is still a net that may start learning
+    falling = np.r_[np.full(14, 3.4), [3.3, 3.1, 2.9, 2.7, 2.55, 2.4]]
+    assert R.classify(falling, np.full(20, 0.1), None, C).label == R.UNRESOLVED
 
 
 def test_missing_optional_measures():

@@ -74,6 +74,8 @@ def test_grid_sweep_end_to_end_with_a_diverging_trial(ray_local, tmp_path):
         for col in ("git_commit", "regimes_version", "torch_version", "ray_version", "optuna_version", "host",
                     "device"):
             assert t[col], col
+        import torch       # the trial's torch and GPU (none here), from its reports
+        assert (t["torch_version"], t["cuda_device"], t["device"]) == (torch.__version__, "", "cpu")
 
     # Readable without this package
     import duckdb

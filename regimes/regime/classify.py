@@ -100,6 +100,11 @@ class RegimeRules:
     # ...or: chance accuracy, loss above ln C at every epoch of the window, and a fall (if
     # any) whose t-statistic is below this: noise of a confused net, not a smooth descent.
     diverge_noisy_t: float = 4.0
+    # ...or: chance accuracy and loss >= diverge_high_loss * ln C at every epoch of the window,
+    # whatever its slope: logits large and wrong. A net that has not started learning sits
+    # near ln C (uniform outputs); learning shows in the accuracy, not in a confused net's
+    # logit scale relaxing (digits, ELR 1: chance accuracy, loss 6.3 -> 4.3 smoothly, t = -11).
+    diverge_high_loss: float = 1.5
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -393,9 +398,12 @@ def label_from_evidence(ev: dict[str, Any], rules: RegimeRules = RegimeRules()) 
     # window, falling at most noisily. A diverged net's loss jumps epoch to epoch (large logits
     # relaxing and flaring up); a net that has not started learning falls smoothly (|t| large).
     noisy_fall = math.isfinite(ev["loss_trend_t"]) and abs(ev["loss_trend_t"]) < rules.diverge_noisy_t
-    if near_chance and ev["loss_min"] >= ev["ln_c"] and (not loss_falling or noisy_fall):
-        how = (f"OLS slope |t| = {abs(ev['loss_trend_t']):.2f} < diverge_noisy_t {rules.diverge_noisy_t}"
-               if loss_falling else "not significantly falling")
+    far_above = ev["loss_min"] >= rules.diverge_high_loss * ev["ln_c"]
+    if near_chance and ev["loss_min"] >= ev["ln_c"] and (not loss_falling or noisy_fall or far_above):
+        how = ("not significantly falling" if not loss_falling else
+               f"OLS slope |t| = {abs(ev['loss_trend_t']):.2f} < diverge_noisy_t {rules.diverge_noisy_t}"
+               if noisy_fall else f"min loss >= diverge_high_loss {rules.diverge_high_loss:g} ln C = "
+               f"{rules.diverge_high_loss * ev['ln_c']:.3g}, whatever its slope")
         return DIVERGENCE, (f"{acc_near} and loss above ln C = {ev['ln_c']:.3g} at every epoch of the window "
                             f"(min {ev['loss_min']:.3g}), {how}: {loss_txt}")
 

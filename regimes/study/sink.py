@@ -61,6 +61,7 @@ from .trainable import DECIDED_KEY, ENDED_KEY, MEMBERS_KEY, RECORDS_FILE, RECORD
 
 log = logging.getLogger(__name__)
 _ROW_ONLY = ("study", "schema_version", "trial_id", "pack_id")
+_WHERE = ("host", "device", "torch_version", "cuda_device")   # trials row columns a report's trial_<key> sets
 PACK_COLUMN = "pack_id"   # packed studies: the Tune trial that trained a member (epochs and trials rows)
 FLUSH_S = 30.0     # a running trial's rows wait in memory at most this long (then one file)
 FIRST_S = 1.0      # a trial's first report in a driver is written at once if no other was in this long
@@ -373,9 +374,9 @@ class ParquetSink(tune.Callback):
         path = self.store.local_dir / "trials.parquet"
         table = _read_or_set_aside(path)       # rebuilt from the trials' rows when damaged
         if table is not None:
-            cols = [c for c in ("trial_id", "host", "device", "num_failures") if c in table.column_names]
+            cols = [c for c in ("trial_id", *_WHERE, "num_failures") if c in table.column_names]
             for r in table.select(cols).to_pylist():
-                self._where.setdefault(r["trial_id"], {"host": r.get("host"), "device": r.get("device")})
+                self._where.setdefault(r["trial_id"], {k: r[k] for k in _WHERE if k in r})
                 self._failures[r["trial_id"]] = int(r.get("num_failures") or 0)
 
     # --- Tune hooks ----------------------------------------------------------
@@ -478,7 +479,7 @@ class ParquetSink(tune.Callback):
         now = self.clock()
         w.add(records, now, saved=saved)
         if where and "trial_host" in where:
-            self._where[trial_id] = {"host": where["trial_host"], "device": where["trial_device"]}
+            self._where[trial_id] = {k: where[f"trial_{k}"] for k in _WHERE if f"trial_{k}" in where}
         self._flush_if_due(w, now)
 
     def _flush_if_due(self, w: TrialWriter, now: float) -> None:
@@ -566,7 +567,8 @@ class ParquetSink(tune.Callback):
         status = trial_status(tune_status, records, cfg, scheduled=self.study.scheduler is not None)
         if trial_id in self._after_loop and status != "errored":
             status = "running"
-        return results.trial_summary(cfg, records, self.study.name, trial_id, status, extra=extra)
+        # torch and the GPU are the trial's (its reports), not this driver's: no torch here
+        return results.trial_summary(cfg, records, self.study.name, trial_id, status, extra=extra, torch=False)
 
     def _maybe_write_trials(self, trials) -> None:
         """Rewrite trials.parquet if a trial started or ended since the last rewrite and that

@@ -33,7 +33,6 @@ from ray import tune
 
 from regimes import regime as R
 from regimes.errors import ConfigError
-from regimes.run import Trainer
 
 from .spec import Study
 
@@ -143,6 +142,15 @@ def _fail_once(study: Study, config: dict, error: ConfigError):
     raise RuntimeError(message)
 
 
+def where(device) -> dict:
+    """Where a trial runs, in every report: the host, the device, and this process's torch and
+    GPU (the trials row's provenance is the trial's, not the driver's, which may have no GPU)."""
+    import torch
+
+    return {"trial_host": socket.gethostname(), "trial_device": str(device), "trial_torch_version": torch.__version__,
+            "trial_cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else ""}
+
+
 def member_id(pack_trial_id: str, k: int) -> str:
     """The trial id of member k of a packed Tune trial: each member is a trial in the results."""
     return f"{pack_trial_id}_m{k}"
@@ -154,6 +162,7 @@ def run_trial(config: dict, study: Study) -> None:
     os.chdir(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd()))
     if MEMBERS_KEY in config:
         return run_pack(config[MEMBERS_KEY], study)
+    from regimes.run import Trainer     # here, not at the top: the driver imports this module, not torch
     try:
         cfg = study.config(config)
         trainer = Trainer(cfg)      # e.g. data_root missing on this node
@@ -173,10 +182,10 @@ def run_trial(config: dict, study: Study) -> None:
                 with open(os.path.join(d, HISTORY_FILE)) as fh:
                     traj = Trajectory(json.load(fh))
         restored_from = trainer.epoch
+    here = where(trainer.device)
 
     def report(rec: dict, records: list[dict], save: bool, last: bool = False) -> None:
-        metrics = {**rec, RECORDS_KEY: records, "restored_from_epoch": restored_from,
-                   "trial_host": socket.gethostname(), "trial_device": str(trainer.device)}
+        metrics = {**rec, RECORDS_KEY: records, "restored_from_epoch": restored_from, **here}
         if last:
             metrics[REGIME_KEY] = rec.get(DECIDED_KEY) or traj.label()
         for m, mode in zip(study.metric, study.mode):
@@ -260,12 +269,13 @@ def run_pack(points: list[dict], study: Study) -> None:
             if over or k not in trainer.members:
                 ended[k] = {**last[k], REGIME_KEY: last[k].get(DECIDED_KEY) or trajs[k].label()}
 
+    here = where(trainer.device)
+
     def report(pending: dict[int, list[dict]], save: bool) -> None:
         metrics = {MEMBERS_KEY: [{"member": k, RECORDS_KEY: recs} for k, recs in sorted(pending.items())],
                    ENDED_KEY: {str(k): r for k, r in sorted(ended.items())},
                    "epoch": trainer.epoch, "members_training": K - len(ended),
-                   "restored_from_epoch": restored_from, "trial_host": socket.gethostname(),
-                   "trial_device": str(trainer.device)}
+                   "restored_from_epoch": restored_from, **here}
         if not save:
             tune.report(metrics)
             return

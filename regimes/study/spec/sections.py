@@ -64,7 +64,9 @@ class EarlyStopSection(Section):
     """Regime-aware early stopping (see regimes.regime.EarlyStop)."""
     window: V.Int = Field(_EARLY.window, ge=2)
     converge_window: Annotated[V.Int, Field(ge=2)] | None = None   # None: EarlyStop's default
+    chaotic_window: Annotated[V.Int, Field(ge=2)] | None = None    # None: window
     min_epochs: V.Int = Field(_EARLY.min_epochs, ge=1)
+    diverge_stop_acc: Annotated[V.Real, Field(gt=0, le=1)] | None = None   # None: the classifier's margin
     labels: Annotated[tuple[Literal[LABELS], ...], BeforeValidator(_labels)] = _EARLY.labels
 
     @model_validator(mode="after")
@@ -76,7 +78,8 @@ class EarlyStopSection(Section):
 
     def to_early_stop(self) -> EarlyStop:
         return EarlyStop(window=self.window, converge_window=self.converge_window,
-                         min_epochs=self.min_epochs, labels=tuple(dict.fromkeys(self.labels)))
+                         chaotic_window=self.chaotic_window, min_epochs=self.min_epochs,
+                         labels=tuple(dict.fromkeys(self.labels)), diverge_stop_acc=self.diverge_stop_acc)
 
 
 class PackSection(Section):
