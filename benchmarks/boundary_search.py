@@ -22,9 +22,17 @@ over seeds), the ratios, and whether early stopping changed any label.
 `--train search-es --storage DIR` re-trains only the named studies and re-reads the others.
 `--replay DIR [DIR ...]` also replays early stopping on studies recorded
 elsewhere (e.g. results/demo-digits), a check of the stopping rules on
-configurations they were not tuned on. Targets:
-search <= 1/3 of the grid's epochs with the same boundaries within the
-resolution; early stopping saves >= 30% of epochs with unchanged labels.
+configurations they were not tuned on. `--early-stop JSON` sets the spec's
+`early_stop` section (default: the defaults). Targets: search <= 1/3 of the
+grid's epochs and search + early stop <= 0.2 of them, with the same boundaries
+within the resolution; early stopping saves >= 45% of the grid's epochs with
+unchanged labels. Measured (2 cores, ~25 min): the search 0.287; with
+`--early-stop '{"labels": ["convergence", "divergence", "chaotic_equilibrium"],
+"converge_window": 7, "min_epochs": 6, "diverge_stop_acc": 0.05}'` the grid
+saves 45.1% with 0 of 108 labels changed, the search + early stop spends 0.183,
+and the demo (not used to choose the setting) saves 57.7% with 0 of 16 changed;
+with the defaults (chaotic runs never stopped) 34.5% and 2 labels changed at
+ELR 0.026, the noisy edge of divergence.
 """
 from __future__ import annotations
 
@@ -240,14 +248,15 @@ def main(argv=None) -> int:
           + (f" (at ELR {', '.join(f'{x:.3g} {l}' for x, l in sorted(wrong))})" if wrong else ""))
     print(f"search / grid epochs:                       {rows['search'][1] / grid_epochs:.3f}  (target <= 0.333)")
     print(f"early stop saving, grid:                    {1 - rows['grid + early stop (replayed)'][1] / grid_epochs:.1%}"
-          f"  labels changed: {grid_changed}/{len(full)}  (target >= 30%, 0 changed)")
+          f"  labels changed: {grid_changed}/{len(full)}  (target >= 45%, 0 changed)")
     print(f"early stop saving, search:                  {1 - rows['search + early stop'][1] / rows['search'][1]:.1%}"
           f"  labels changed at shared ELRs: {search_changed}/{len(shared)}")
     print(f"stopped trials are prefixes of full runs (same train loss, epoch by epoch): "
           f"{prefix_same}/{prefix_n} shared ELRs")
     stopped = se.trials["status"].value_counts().to_dict()
     print(f"search + early stop statuses: {stopped}")
-    print(f"search + early stop / grid epochs:          {rows['search + early stop'][1] / grid_epochs:.3f}")
+    print(f"search + early stop / grid epochs:          {rows['search + early stop'][1] / grid_epochs:.3f}"
+          "  (target <= 0.2, the same boundaries)")
     print(f"grid per seed:   {seed_detail(g, gl)}")
     print(f"search per seed: {seed_detail(s, sl)}")
     for folder in a.replay:
