@@ -169,7 +169,7 @@ def trial_summary(cfg: TrainConfig | dict, records: list[dict], study: str, tria
     row["epochs_done"] = last.get("epoch", 0)
     row["diverged"] = bool(last.get("diverged", False))
     row["status"] = status
-    row.update(provenance(device=config.get("device")) if torch else provenance(torch=False))
+    row.update(provenance(device=config.get("device"), torch=torch))
     row.update(extra or {})
     return row
 
@@ -319,7 +319,7 @@ _PROVENANCE_CACHE: dict = {}
 
 def provenance(device: str | None = None, torch: bool = True) -> dict:
     """Where and with what a result was made: git commit, versions, host, device. `torch=False`:
-    without torch_version and cuda_device, and without importing torch (a study's driver)."""
+    without torch_version, cuda_device and device, and without importing torch (a study's driver)."""
     if not torch:
         return dict(_base_provenance())
     import torch as _torch

@@ -400,10 +400,13 @@ def label_from_evidence(ev: dict[str, Any], rules: RegimeRules = RegimeRules()) 
     noisy_fall = math.isfinite(ev["loss_trend_t"]) and abs(ev["loss_trend_t"]) < rules.diverge_noisy_t
     far_above = ev["loss_min"] >= rules.diverge_high_loss * ev["ln_c"]
     if near_chance and ev["loss_min"] >= ev["ln_c"] and (not loss_falling or noisy_fall or far_above):
-        how = ("not significantly falling" if not loss_falling else
-               f"OLS slope |t| = {abs(ev['loss_trend_t']):.2f} < diverge_noisy_t {rules.diverge_noisy_t}"
-               if noisy_fall else f"min loss >= diverge_high_loss {rules.diverge_high_loss:g} ln C = "
-               f"{rules.diverge_high_loss * ev['ln_c']:.3g}, whatever its slope")
+        if not loss_falling:
+            how = "not significantly falling"
+        elif noisy_fall:
+            how = f"OLS slope |t| = {abs(ev['loss_trend_t']):.2f} < diverge_noisy_t {rules.diverge_noisy_t}"
+        else:
+            how = (f"min loss >= diverge_high_loss {rules.diverge_high_loss:g} ln C = "
+                   f"{rules.diverge_high_loss * ev['ln_c']:.3g}, whatever its slope")
         return DIVERGENCE, (f"{acc_near} and loss above ln C = {ev['ln_c']:.3g} at every epoch of the window "
                             f"(min {ev['loss_min']:.3g}), {how}: {loss_txt}")
 

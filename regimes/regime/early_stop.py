@@ -38,8 +38,7 @@ class EarlyStop:
                      keeps large logits, loss well above ln C), not a net that has not
                      started learning yet (uniform outputs, loss ~ln C);
         convergence  train loss <= converge_loss at each of the last `converge_window`
-                     measured epochs (`chaotic_window` for the chaotic equilibrium, default
-                     `window`). Longer than `window` on purpose: near the
+                     measured epochs. Longer than `window` on purpose: near the
                      convergence boundary a minimum can be metastable. On digits at
                      ELR 3.85e-3 (seed 0, batch 16) the loss sat at 4e-4..1.2e-3 for
                      epochs 8-13 (all <= 0.01 from epoch 6) and SGD noise threw the
@@ -48,7 +47,8 @@ class EarlyStop:
                      only a longer wait tells such a net from a settled one;
         chaotic      accuracy >= chance + above_chance_margin and loss > converge_trend_loss
                      at each epoch (clearly off zero, clearly learning), loss and
-                     eff. grad norm flat (that is what the label requires).
+                     eff. grad norm flat (that is what the label requires), across
+                     `chaotic_window` measured epochs (default `window`).
     A NaN/inf blow-up is always decided (divergence).
 
     The chaotic equilibrium is not in the default `labels`: near the convergence

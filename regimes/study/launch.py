@@ -68,8 +68,8 @@ def sweep_main(args) -> int:
         raise problems[0]
     for e in problems:
         print(f"warning: {e} (on this machine; the cluster's nodes that run trials need it)", file=sys.stderr)
-    if study.pack_advice():
-        print(f"warning: {study.pack_advice()}", file=sys.stderr)
+    if advice := study.pack_advice():
+        print(f"warning: {advice}", file=sys.stderr)
     if not args.restart:
         preflight.check_same_spec(study, args.storage, lambda: _resumable(store))
     print(_summary_line(args.spec, study), flush=True)
@@ -116,8 +116,8 @@ def validate_main(args) -> int:
             print(f"error: {line}", file=sys.stderr)
             continue
         print(_summary_line(path, study))
-        if study.pack_advice():
-            print(f"warning: {path}: {study.pack_advice()}", file=sys.stderr)
+        if advice := study.pack_advice():
+            print(f"warning: {path}: {advice}", file=sys.stderr)
         for e in preflight.data_problems(study):
             print(f"warning: {path}: {e} (on this machine; `regimes sweep` without --address refuses this)",
                   file=sys.stderr)
