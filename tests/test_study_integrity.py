@@ -177,6 +177,34 @@ def test_a_trial_that_ends_after_tunes_final_snapshot_is_recorded_as_running(tmp
     assert pq.read_table(store2.local_dir / "trials.parquet").to_pylist()[0]["status"] == "completed"
 
 
+def test_a_trial_that_tunes_cleanup_stops_after_its_last_report_is_recorded_as_running(tmp_path):
+    """Ctrl-C after a trial reported its last epoch but before Tune handled its end: Tune's
+    cleanup marks it TERMINATED without on_trial_complete, after the final snapshot (which has
+    it RUNNING, so a resumed Tune trains it again from its checkpoint)."""
+    def run(tmp, complete_in_loop):
+        study = spec.from_dict(SPEC)
+        store = StudyStore(str(tmp), study.name)
+        sink = ParquetSink(study, store)
+        t = _trial("t1", "RUNNING")
+        epochs = study.config(t.config).epochs
+        recs = [{"epoch": e, "step": e, "train_loss": 0.1, "diverged": False, "num_classes": 10}
+                for e in range(1, epochs + 1)]
+        sink.on_step_begin(0, [t])
+        sink.on_trial_start(0, [t], t)
+        sink.on_trial_result(0, [t], t, {"records": recs})
+        if complete_in_loop:
+            sink.on_trial_complete(0, [t], t)
+        sink.on_step_end(0, [t])
+        t.status = "TERMINATED"                 # the loop ended; cleanup stops the live trials
+        sink.on_experiment_end([t])
+        row = pq.read_table(store.local_dir / "trials.parquet").to_pylist()[0]
+        assert row["epochs_done"] == epochs
+        return row["status"]
+
+    assert run(tmp_path / "a", complete_in_loop=False) == "running"
+    assert run(tmp_path / "b", complete_in_loop=True) == "completed"
+
+
 def test_temp_files_match_no_reader_glob_and_follow_the_umask(tmp_path, monkeypatch):
     import pyarrow as pa
 

@@ -64,10 +64,10 @@ def test_a_pack_survives_losing_its_node_and_resumes_as_a_unit(tmp_path):
 
 @pytest.mark.ray
 def test_a_killed_packed_sweep_resumes_without_lost_or_duplicated_rows(tmp_path):
-    # long enough that the last pack is still training a few seconds after trials.parquet
-    # (rewritten at most once a second) shows the first one completed: with 8 epochs a fast
-    # machine sometimes finished the whole sweep before the kill could happen
-    epochs = 20
+    # long enough that the last pack (it runs alone once the first two end) is still training
+    # when trials.parquet (rewritten at most once a second, and less often under load) shows
+    # the first ones completed: with 8 and then 20 epochs the whole sweep once finished first
+    epochs = 30
     d = {**grid("packresume", pack=2), "base": {**BASE, "epochs": epochs}, "checkpoint_every": 2}
     d["search"] = {"kind": "grid", "space": {"elr": [1e-3, 1e-2, 3e-2], "seed": [0, 1]}}
     path = tmp_path / "s.yaml"

@@ -351,6 +351,7 @@ class ParquetSink(tune.Callback):
         self._after_loop: set[str] = set()     # trials that ended after Tune's final snapshot
         self._table_written: float | None = None    # clock of the last trials.parquet write
         self._table_cost = 0.0                      # seconds that write took
+        self._finishing = 0.0                       # seconds of it spent finishing trials' files
         self._table_dirty = False                   # a trial started or ended since
         self._swept = -math.inf                # clock of the last look for rows due (on_step_end)
         self._first_written = -math.inf        # clock of the last first report written at once
@@ -460,6 +461,14 @@ class ParquetSink(tune.Callback):
         """Also at Ctrl-C. Clean up after drivers that died before Tune's snapshot."""
         for w in self._writers.values():
             w.flush()
+        if self._looped:
+            # At Ctrl-C Tune's cleanup marks the trials still live TERMINATED without calling
+            # on_trial_complete, after its final snapshot (which has them RUNNING): even one whose
+            # last epoch was reported resumes from its checkpoint, so it is recorded as running.
+            for t in trials:
+                if t.status == "TERMINATED":
+                    self._after_loop.update(uid for uid, _ in self._units(t)
+                                            if uid in self._writers and uid not in self._ended)
         known = {t.trial_id for t in trials} | {uid for t in trials for uid, _ in self._units(t)}
         self._drop_orphans(known)
         if self.study.kind == "optuna":
@@ -582,7 +591,7 @@ class ParquetSink(tune.Callback):
     def _write_trials(self, trials) -> None:
         import pyarrow as pa
 
-        started = time.perf_counter()
+        started, self._finishing = time.perf_counter(), 0.0
         if not self._resumed:
             self._load_previous_where()
         running = []
@@ -600,7 +609,7 @@ class ParquetSink(tune.Callback):
                     self._checked.add(tid)
                     if trial.status in ("TERMINATED", "ERROR"):
                         # ended under an earlier driver: its rows are on disk (or in its checkpoint)
-                        self.finish(tid, cfg, trial, trial.status)
+                        self._timed_finish(tid, cfg, trial, trial.status)
                         continue
                     w = TrialWriter(self.store.local_dir, tid, cfg, self.study.name, self.store, columns)
                     if w.last is None and trial.status != "RUNNING":
@@ -608,7 +617,7 @@ class ParquetSink(tune.Callback):
                     self._writers[tid] = w
                 w = self._writers[tid]
                 if packed and w.ended():       # a member that ended while its pack goes on
-                    self.finish(tid, cfg, trial, "TERMINATED")
+                    self._timed_finish(tid, cfg, trial, "TERMINATED")
                     continue
                 row = self._summary(tid, w.cfg, trial, w.last, trial.status, w.columns)
                 if row is not None:
@@ -634,7 +643,13 @@ class ParquetSink(tune.Callback):
         self.store.push("trials.parquet")
         if self.study.kind == "optuna":
             self.store.push("optuna.journal")
-        self._table_cost = time.perf_counter() - started
+        # the duty rule paces this table's own cost, not the trials' files finished on the way
+        self._table_cost = time.perf_counter() - started - self._finishing
+
+    def _timed_finish(self, *args) -> None:
+        t0 = time.perf_counter()
+        self.finish(*args)
+        self._finishing += time.perf_counter() - t0
 
     def _drop_orphans(self, known: set[str]) -> None:
         """Remove epoch files of trials Tune does not know: written by a driver that died
