@@ -180,29 +180,58 @@ def test_a_trial_that_ends_after_tunes_final_snapshot_is_recorded_as_running(tmp
 def test_a_trial_that_tunes_cleanup_stops_after_its_last_report_is_recorded_as_running(tmp_path):
     """Ctrl-C after a trial reported its last epoch but before Tune handled its end: Tune's
     cleanup marks it TERMINATED without on_trial_complete, after the final snapshot (which has
-    it RUNNING, so a resumed Tune trains it again from its checkpoint)."""
-    def run(tmp, complete_in_loop):
-        study = spec.from_dict(SPEC)
-        store = StudyStore(str(tmp), study.name)
-        sink = ParquetSink(study, store)
-        t = _trial("t1", "RUNNING")
-        epochs = study.config(t.config).epochs
-        recs = [{"epoch": e, "step": e, "train_loss": 0.1, "diverged": False, "num_classes": 10}
-                for e in range(1, epochs + 1)]
-        sink.on_step_begin(0, [t])
-        sink.on_trial_start(0, [t], t)
-        sink.on_trial_result(0, [t], t, {"records": recs})
-        if complete_in_loop:
-            sink.on_trial_complete(0, [t], t)
-        sink.on_step_end(0, [t])
-        t.status = "TERMINATED"                 # the loop ended; cleanup stops the live trials
-        sink.on_experiment_end([t])
-        row = pq.read_table(store.local_dir / "trials.parquet").to_pylist()[0]
-        assert row["epochs_done"] == epochs
-        return row["status"]
+    it RUNNING, so a resumed Tune resumes it from its checkpoint). The same for a pack's live
+    members and for a resumed trial whose actor was still starting. A trial that had ended
+    under an earlier driver stays completed."""
+    study = spec.from_dict({**SPEC, "pack": 2})
+    cfg = study.config({"elr": 0.01})
+    recs = [{"epoch": e, "step": e, "train_loss": 0.1, "diverged": False, "num_classes": 10}
+            for e in range(1, cfg.epochs + 1)]
 
-    assert run(tmp_path / "a", complete_in_loop=False) == "running"
-    assert run(tmp_path / "b", complete_in_loop=True) == "completed"
+    def run(tmp, complete_in_loop):
+        store = StudyStore(str(tmp), study.name)
+        # ended under an earlier driver, and one resumed whose actor was starting (PENDING):
+        # both with all their rows on disk
+        for tid in ("t0", "t3"):
+            results.write_trial_epochs(store.local_dir, tid, results.epoch_rows(cfg, recs, study.name))
+        sink = ParquetSink(study, store)
+        old, starting = _trial("t0", "TERMINATED"), _trial("t3", "PENDING")
+        t = _trial("t1", "RUNNING")
+        pack = _trial("t2", "RUNNING", config={"members": [{"elr": 0.01}, {"elr": 0.02}]})
+        trials = [old, t, pack, starting]
+        sink.on_step_begin(0, trials)
+        for x in (t, pack):
+            sink.on_trial_start(0, trials, x)
+        sink.on_trial_result(0, trials, t, {"records": recs})
+        sink.on_trial_result(0, trials, pack, {"members": [{"member": k, "records": recs} for k in (0, 1)]})
+        if complete_in_loop:
+            for x in (t, pack):
+                sink.on_trial_complete(0, trials, x)
+                x.status = "TERMINATED"
+        sink.on_step_end(0, trials)
+        for x in (t, pack, starting):
+            x.status = "TERMINATED"        # the loop ended; cleanup stops every trial with an actor
+        sink.on_experiment_end(trials)
+        rows = {r["trial_id"]: r for r in pq.read_table(store.local_dir / "trials.parquet").to_pylist()}
+        assert all(r["epochs_done"] == cfg.epochs for r in rows.values())
+        return {tid: r["status"] for tid, r in rows.items()}
+
+    # a resumed driver stopped before any trial started: nothing has written the table yet
+    store = StudyStore(str(tmp_path / "c"), study.name)
+    for tid in ("t0", "t3"):
+        results.write_trial_epochs(store.local_dir, tid, results.epoch_rows(cfg, recs, study.name))
+    sink = ParquetSink(study, store)
+    trials = [_trial("t0", "TERMINATED"), _trial("t3", "PENDING")]
+    sink.on_step_begin(0, trials)
+    sink.on_step_end(0, trials)
+    trials[1].status = "TERMINATED"
+    sink.on_experiment_end(trials)
+    assert {r["trial_id"]: r["status"] for r in pq.read_table(store.local_dir / "trials.parquet").to_pylist()} \
+        == {"t0": "completed", "t3": "running"}
+    assert run(tmp_path / "a", complete_in_loop=False) == \
+        {"t0": "completed", "t1": "running", "t2_m0": "running", "t2_m1": "running", "t3": "running"}
+    assert run(tmp_path / "b", complete_in_loop=True) == \
+        {"t0": "completed", "t1": "completed", "t2_m0": "completed", "t2_m1": "completed", "t3": "running"}
 
 
 def test_temp_files_match_no_reader_glob_and_follow_the_umask(tmp_path, monkeypatch):

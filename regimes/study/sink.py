@@ -349,6 +349,7 @@ class ParquetSink(tune.Callback):
         self._stepping = False                 # inside a step of Tune's event loop (see on_step_begin)
         self._looped = False                   # Tune's loop has run a step with this sink
         self._after_loop: set[str] = set()     # trials that ended after Tune's final snapshot
+        self._ended_before: set[str] = set()   # Tune trials already ended when its loop began
         self._table_written: float | None = None    # clock of the last trials.parquet write
         self._table_cost = 0.0                      # seconds that write took
         self._finishing = 0.0                       # seconds of it spent finishing trials' files
@@ -386,6 +387,8 @@ class ParquetSink(tune.Callback):
     # resumed Tune will run those trials again from their last checkpoint. Such a trial is
     # recorded as `running`, as the resumed study will see it, not as finished.
     def on_step_begin(self, iteration, trials, **info):
+        if not self._looped:       # ended under an earlier driver (restored finished)
+            self._ended_before = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
         self._stepping = self._looped = True
 
     def on_step_end(self, iteration, trials, **info):
@@ -462,13 +465,13 @@ class ParquetSink(tune.Callback):
         for w in self._writers.values():
             w.flush()
         if self._looped:
-            # At Ctrl-C Tune's cleanup marks the trials still live TERMINATED without calling
-            # on_trial_complete, after its final snapshot (which has them RUNNING): even one whose
-            # last epoch was reported resumes from its checkpoint, so it is recorded as running.
+            # At Ctrl-C Tune's cleanup marks every trial that holds an actor (running, or pending
+            # with one starting) TERMINATED without calling on_trial_complete, after its final
+            # snapshot (which has them RUNNING or PENDING): even one whose last epoch was reported
+            # resumes from its checkpoint, so it is recorded as running.
             for t in trials:
-                if t.status == "TERMINATED":
-                    self._after_loop.update(uid for uid, _ in self._units(t)
-                                            if uid in self._writers and uid not in self._ended)
+                if t.status == "TERMINATED" and t.trial_id not in self._ended_before:
+                    self._after_loop.update(uid for uid, _ in self._units(t) if uid not in self._ended)
         known = {t.trial_id for t in trials} | {uid for t in trials for uid, _ in self._units(t)}
         self._drop_orphans(known)
         if self.study.kind == "optuna":
