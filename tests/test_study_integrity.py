@@ -188,13 +188,16 @@ def test_a_trial_that_tunes_cleanup_stops_after_its_last_report_is_recorded_as_r
     recs = [{"epoch": e, "step": e, "train_loss": 0.1, "diverged": False, "num_classes": 10}
             for e in range(1, cfg.epochs + 1)]
 
-    def run(tmp, complete_in_loop):
+    def sink_with_earlier_trials(tmp):
+        """t0 ended under an earlier driver, t3 resumed with its actor starting (PENDING): both
+        with all their rows on disk."""
         store = StudyStore(str(tmp), study.name)
-        # ended under an earlier driver, and one resumed whose actor was starting (PENDING):
-        # both with all their rows on disk
         for tid in ("t0", "t3"):
             results.write_trial_epochs(store.local_dir, tid, results.epoch_rows(cfg, recs, study.name))
-        sink = ParquetSink(study, store)
+        return ParquetSink(study, store), store
+
+    def run(tmp, complete_in_loop):
+        sink, store = sink_with_earlier_trials(tmp)
         old, starting = _trial("t0", "TERMINATED"), _trial("t3", "PENDING")
         t = _trial("t1", "RUNNING")
         pack = _trial("t2", "RUNNING", config={"members": [{"elr": 0.01}, {"elr": 0.02}]})
@@ -217,10 +220,7 @@ def test_a_trial_that_tunes_cleanup_stops_after_its_last_report_is_recorded_as_r
         return {tid: r["status"] for tid, r in rows.items()}
 
     # a resumed driver stopped before any trial started: nothing has written the table yet
-    store = StudyStore(str(tmp_path / "c"), study.name)
-    for tid in ("t0", "t3"):
-        results.write_trial_epochs(store.local_dir, tid, results.epoch_rows(cfg, recs, study.name))
-    sink = ParquetSink(study, store)
+    sink, store = sink_with_earlier_trials(tmp_path / "c")
     trials = [_trial("t0", "TERMINATED"), _trial("t3", "PENDING")]
     sink.on_step_begin(0, trials)
     sink.on_step_end(0, trials)

@@ -19,6 +19,16 @@ from regimes.study.launch import run_study
 from sweep_driver import kill_session, sweep
 from test_study_pack import BASE, epochs_of, grid
 
+
+def reports(result_json) -> int:
+    """The reports Tune has handled for a trial: the lines of its result.json."""
+    try:
+        with open(result_json) as fh:
+            return sum(1 for _ in fh)
+    except OSError:
+        return 0
+
+
 @pytest.mark.ray
 def test_a_pack_survives_losing_its_node_and_resumes_as_a_unit(tmp_path):
     import ray
@@ -30,13 +40,6 @@ def test_a_pack_survives_losing_its_node_and_resumes_as_a_unit(tmp_path):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1)
     killed = {}
-
-    def reports(f):
-        try:
-            with open(f) as fh:
-                return sum(1 for _ in fh)
-        except OSError:
-            return 0
 
     def kill_worker_once_both_packs_checkpointed():
         # A checkpoint folder appears before Tune has registered it (a save it processes after
@@ -97,8 +100,7 @@ def test_a_killed_packed_sweep_resumes_without_lost_or_duplicated_rows(tmp_path)
         moment is not inside Tune's own checkpoint bookkeeping (see launch._restore_deleted_checkpoints)."""
         done_packs = {t["pack_id"] for t in completed()}
         for f in glob.glob(f"{root}/run_trial_*/result.json"):
-            with open(f) as fh:
-                n = sum(1 for _ in fh)
+            n = reports(f)
             if n % 2 == 1 and n < epochs and not any(p in f for p in done_packs):
                 return True
         return False

@@ -352,7 +352,6 @@ class ParquetSink(tune.Callback):
         self._ended_before: set[str] = set()   # Tune trials already ended when its loop began
         self._table_written: float | None = None    # clock of the last trials.parquet write
         self._table_cost = 0.0                      # seconds that write took
-        self._finishing = 0.0                       # seconds of it spent finishing trials' files
         self._table_dirty = False                   # a trial started or ended since
         self._swept = -math.inf                # clock of the last look for rows due (on_step_end)
         self._first_written = -math.inf        # clock of the last first report written at once
@@ -594,7 +593,14 @@ class ParquetSink(tune.Callback):
     def _write_trials(self, trials) -> None:
         import pyarrow as pa
 
-        started, self._finishing = time.perf_counter(), 0.0
+        started, finishing = time.perf_counter(), 0.0
+
+        def finish(*args) -> None:      # trials' files finished on the way: not the table's cost
+            nonlocal finishing
+            t0 = time.perf_counter()
+            self.finish(*args)
+            finishing += time.perf_counter() - t0
+
         if not self._resumed:
             self._load_previous_where()
         running = []
@@ -612,7 +618,7 @@ class ParquetSink(tune.Callback):
                     self._checked.add(tid)
                     if trial.status in ("TERMINATED", "ERROR"):
                         # ended under an earlier driver: its rows are on disk (or in its checkpoint)
-                        self._timed_finish(tid, cfg, trial, trial.status)
+                        finish(tid, cfg, trial, trial.status)
                         continue
                     w = TrialWriter(self.store.local_dir, tid, cfg, self.study.name, self.store, columns)
                     if w.last is None and trial.status != "RUNNING":
@@ -620,7 +626,7 @@ class ParquetSink(tune.Callback):
                     self._writers[tid] = w
                 w = self._writers[tid]
                 if packed and w.ended():       # a member that ended while its pack goes on
-                    self._timed_finish(tid, cfg, trial, "TERMINATED")
+                    finish(tid, cfg, trial, "TERMINATED")
                     continue
                 row = self._summary(tid, w.cfg, trial, w.last, trial.status, w.columns)
                 if row is not None:
@@ -646,13 +652,7 @@ class ParquetSink(tune.Callback):
         self.store.push("trials.parquet")
         if self.study.kind == "optuna":
             self.store.push("optuna.journal")
-        # the duty rule paces this table's own cost, not the trials' files finished on the way
-        self._table_cost = time.perf_counter() - started - self._finishing
-
-    def _timed_finish(self, *args) -> None:
-        t0 = time.perf_counter()
-        self.finish(*args)
-        self._finishing += time.perf_counter() - t0
+        self._table_cost = time.perf_counter() - started - finishing    # what the duty rule paces
 
     def _drop_orphans(self, known: set[str]) -> None:
         """Remove epoch files of trials Tune does not know: written by a driver that died
