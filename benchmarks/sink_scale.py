@@ -6,9 +6,18 @@ each event; on_trial_complete just before the trial is TERMINATED). Up to
 `--concurrency` trials run at once; each reports one record per epoch, the
 records being copies of one real record (one epoch of a tiny digits run) with
 the epoch changed. Time is simulated: every running trial finishes an epoch
-every `--epoch-s` seconds, so a sink that waits on the clock (to gather rows)
-sees the report rate of such a cluster, while the driver time is measured for
-real (perf_counter around every hook call).
+every `--epoch-s` seconds, so a writer that waits on the clock (to gather rows)
+sees the report rate of such a cluster, while the time spent is measured for
+real (perf_counter around every call).
+
+Two ways the rows reach the files (`--writer`):
+- `trial` (what `regimes sweep` does): each fake trial writes its own rows with
+  the real `TrialRows`, as the trainable does in its worker before each report,
+  and the report says how far they are written; the driver writes nothing of a
+  trial that ends normally. Printed: the driver's ms per row and, apart, the
+  trial's (paid in each worker process, in parallel, next to its epochs).
+- `driver`: reports without that count, so the driver's sink writes every row
+  (the results path before trials wrote their own rows).
 
 Each size runs in its own process; printed per size: driver ms per epoch row
 (all hooks, the end of the experiment included; one-off imports and the git commit
@@ -16,11 +25,13 @@ look-up are done before the clock starts), the mean latency of a trial's
 first and last report and the slowest report, the driver's peak RSS growth
 over the run, and a check that the epochs dataset and trials.parquet read back
 with every row once. A size that needs more than `--max-seconds` of driver time
-is cut there ("capped": the numbers are for the rows reported so far).
+(the driver's and the trials' together) is cut there ("capped": the numbers are
+for the rows reported so far).
 
     python benchmarks/sink_scale.py                                   # the four sizes
     python benchmarks/sink_scale.py --sizes 10x10,1000x10 --max-seconds 60
-    PYTHONPATH=/tmp/before python benchmarks/sink_scale.py            # another checkout's sink
+    python benchmarks/sink_scale.py --writer driver                   # the driver writes every row
+    PYTHONPATH=/tmp/before python benchmarks/sink_scale.py --writer driver   # another checkout's sink
 """
 from __future__ import annotations
 
@@ -37,7 +48,7 @@ from types import SimpleNamespace
 SIZES = "10x10,10x1000,1000x10,10000x100"
 
 
-def one(trials: int, epochs: int, concurrency: int, epoch_s: float, max_seconds: float) -> dict:
+def one(trials: int, epochs: int, concurrency: int, epoch_s: float, max_seconds: float, writer: str) -> dict:
     import psutil
 
     from regimes import TrainConfig, train
@@ -64,7 +75,11 @@ def one(trials: int, epochs: int, concurrency: int, epoch_s: float, max_seconds:
         kw = {"clock": lambda: now[0]} if "clock" in inspect.signature(ParquetSink).parameters else {}
         sink = ParquetSink(study, store, **kw)
         started: list = []          # the trials Tune knows so far (it creates them as slots free up)
-        driver = [0.0]
+        driver, worker = [0.0], [0.0]
+        cfg = study.config({"seed": 0})
+        if writer == "trial":
+            from regimes.study.sink import TrialRows
+            from regimes.study.trainable import ROWS_KEY
 
         def call(hook, *args):
             t0 = time.perf_counter()
@@ -91,13 +106,21 @@ def one(trials: int, epochs: int, concurrency: int, epoch_s: float, max_seconds:
                 t.status = "RUNNING"
                 started.append(t)
                 running[t.trial_id] = [t, 1]
+                if writer == "trial":     # the attempt's writer, made as the trainable makes it
+                    t0 = time.perf_counter()
+                    t.rows = TrialRows(store, "bench", t.trial_id, cfg, clock=lambda: now[0])
+                    worker[0] += time.perf_counter() - t0
                 step(sink.on_trial_start, t)
             for tid in list(running):
                 t, e = running[tid]
                 rec = {**record, "epoch": e, "step": e * 10}
                 now[0] += epoch_s / max(len(running), 1)
-                dt = step(sink.on_trial_result, t, {"records": [rec], "trial_host": "node-1",
-                                                   "trial_device": "cpu"})
+                result = {"records": [rec], "trial_host": "node-1", "trial_device": "cpu"}
+                if writer == "trial":     # the trial writes its rows before it reports them
+                    t0 = time.perf_counter()
+                    result[ROWS_KEY] = t.rows.add([rec], end=e == epochs)
+                    worker[0] += time.perf_counter() - t0
+                dt = step(sink.on_trial_result, t, result)
                 rows += 1
                 worst = max(worst, dt)
                 if e == 1:
@@ -106,12 +129,13 @@ def one(trials: int, epochs: int, concurrency: int, epoch_s: float, max_seconds:
                     last_lat.append(dt)
                     step(sink.on_trial_complete, t)
                     t.status = "TERMINATED"
+                    t.rows = None         # the trial's process ends
                     del running[tid]
                 else:
                     running[tid][1] = e + 1
                 if rows % 500 == 0:
                     peak = max(peak, proc.memory_info().rss)
-                if driver[0] > max_seconds:
+                if driver[0] + worker[0] > max_seconds:
                     capped = True
                     break
         call(sink.on_experiment_end, started)
@@ -119,6 +143,7 @@ def one(trials: int, epochs: int, concurrency: int, epoch_s: float, max_seconds:
         check = "capped" if capped else _check(store.local_dir, trials, epochs)
     return {"trials": trials, "epochs": epochs, "rows": rows, "capped": capped,
             "ms_per_row": 1e3 * driver[0] / rows, "driver_s": driver[0],
+            "trial_ms_per_row": 1e3 * worker[0] / rows if writer == "trial" else float("nan"),
             "first_ms": 1e3 * sum(first_lat) / max(len(first_lat), 1),
             "last_ms": 1e3 * sum(last_lat) / len(last_lat) if last_lat else float("nan"),
             "worst_ms": 1e3 * worst, "rss_mb": (peak - rss0) / 2**20, "check": check}
@@ -142,29 +167,34 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64, help="trials running at once")
     ap.add_argument("--epoch-s", type=float, default=1.0, help="simulated seconds per epoch of a trial")
     ap.add_argument("--max-seconds", type=float, default=300.0, help="driver seconds per size before it is cut")
+    ap.add_argument("--writer", choices=("trial", "driver", "both"), default="both",
+                    help="who writes the rows: the trials (as regimes sweep), the driver, or both in turn")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         t, e = (int(x) for x in args.one.split("x"))
-        print(json.dumps(one(t, e, args.concurrency, args.epoch_s, args.max_seconds)))
+        print(json.dumps(one(t, e, args.concurrency, args.epoch_s, args.max_seconds, args.writer)))
         return
     import regimes.study.sink as sink_module
 
     print(f"sink: {sink_module.__file__}; {args.concurrency} trials at once, an epoch every {args.epoch_s:g} s "
           f"(simulated); {os.cpu_count()} cores")
-    print(f"{'trials x epochs':>16} {'rows':>8} {'ms/row':>7} {'first ms':>9} {'last ms':>8} {'worst ms':>9} "
-          f"{'RSS +MB':>8}  check")
+    print("ms/row, first/last/worst ms: the driver's; trial ms/row: the trials' own writes (in their workers)")
+    print(f"{'writer':>6} {'trials x epochs':>16} {'rows':>8} {'ms/row':>7} {'trial ms/row':>12} {'first ms':>9} "
+          f"{'last ms':>8} {'worst ms':>9} {'RSS +MB':>8}  check")
+    writers = ("trial", "driver") if args.writer == "both" else (args.writer,)
     for size in args.sizes.split(","):
-        p = subprocess.run([sys.executable, __file__, "--one", size, "--concurrency", str(args.concurrency),
-                            "--epoch-s", str(args.epoch_s), "--max-seconds", str(args.max_seconds)],
-                           capture_output=True, text=True)
-        if p.returncode != 0:
-            print(f"{size:>16} failed: {p.stderr.strip().splitlines()[-1:]}")
-            continue
-        r = json.loads(p.stdout.strip().splitlines()[-1])
-        print(f"{size:>16} {r['rows']:>8} {r['ms_per_row']:>7.3f} {r['first_ms']:>9.2f} {r['last_ms']:>8.2f} "
-              f"{r['worst_ms']:>9.1f} {r['rss_mb']:>8.1f}  {r['check']}"
-              + (f" (driver {r['driver_s']:.0f} s)" if r["capped"] else ""), flush=True)
+        for writer in writers:        # interleaved: both ways of one size run back to back
+            p = subprocess.run([sys.executable, __file__, "--one", size, "--concurrency", str(args.concurrency),
+                                "--epoch-s", str(args.epoch_s), "--max-seconds", str(args.max_seconds),
+                                "--writer", writer], capture_output=True, text=True)
+            if p.returncode != 0:
+                print(f"{writer:>6} {size:>16} failed: {p.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            print(f"{writer:>6} {size:>16} {r['rows']:>8} {r['ms_per_row']:>7.3f} {r['trial_ms_per_row']:>12.3f} "
+                  f"{r['first_ms']:>9.2f} {r['last_ms']:>8.2f} {r['worst_ms']:>9.1f} {r['rss_mb']:>8.1f}  {r['check']}"
+                  + (f" (driver {r['driver_s']:.0f} s)" if r["capped"] else ""), flush=True)
 
 
 if __name__ == "__main__":

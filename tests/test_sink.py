@@ -1,12 +1,16 @@
-"""The sink against an independent oracle, without Ray.
+"""The results path against an independent oracle, without Ray.
 
 A scripted trial (its own record history, checkpoints at report boundaries, retries from
-its latest checkpoint, driver kills, damaged files) is fed through the sink's Tune hooks as
-Tune calls them. The oracle is the trial's own lineage of records: after every hook the
-epochs dataset, read as any reader reads it, holds epochs 1..m each once with the values
-the oracle holds for them; once the trial has ended it holds exactly the oracle's records.
-With a URI storage (a file:// bucket) every hook pushes only the files it wrote, deletes
-remotely what it removed, and the bucket mirrors the staging folder.
+its latest checkpoint, driver kills, scheduler stops, damaged files) is fed through the
+sink's Tune hooks as Tune calls them. Two ways rows reach the files, both checked: the
+trial writes its own rows (`TrialRows`, one per attempt, as the real trainable does; a
+report says how far they are written) and the driver writes what is left; or the driver
+writes every row (reports without that count). The oracle is the trial's own lineage of
+records: after every hook the epochs dataset, read as any reader reads it, holds epochs
+1..m each once with the values the oracle holds for them; once the trial has ended it
+holds exactly the oracle's records. With a URI storage (a file:// bucket) every hook
+pushes only the files it wrote, deletes remotely what it removed, and the bucket mirrors
+the staging folder.
 """
 from __future__ import annotations
 
@@ -24,9 +28,9 @@ import pytest
 from regimes import results
 from regimes.study import spec
 from regimes.study import sink as sink_module
-from regimes.study.sink import ParquetSink
+from regimes.study.sink import ParquetSink, TrialRows
 from regimes.study.storage import StudyStore
-from regimes.study.trainable import RECORDS_FILE
+from regimes.study.trainable import RECORDS_FILE, ROWS_KEY
 
 EPOCHS = 12
 BASE = {"dataset": "digits", "model": "convnet_si", "width": 4, "batch_size": 32, "augment": False,
@@ -45,6 +49,9 @@ class Trial:
         self.checkpoint = None
         self.history: list[dict] = []       # the lineage of records: what the rows must be in the end
         self.attempt = 0
+        self.rows: TrialRows | None = None      # this attempt's own writer (trial-written mode)
+        self.restored: list[dict] = []          # the records of the checkpoint this attempt started from
+        self.stopped = False                    # stopped by a scheduler before its last epoch
         self._root = ckpt_root / tid
 
     def records(self, n: int) -> list[dict]:
@@ -69,14 +76,25 @@ class Trial:
     def restore(self) -> None:
         """A retry (or a resumed driver): back to the latest checkpoint, a new attempt."""
         self.attempt += 1
+        self.rows = None                    # the attempt's process died, and its buffer with it
         if self.checkpoint is None:
             self.history = []
         else:
             self.history = json.loads((Path(self.checkpoint.path) / RECORDS_FILE).read_text())
+        self.restored = list(self.history)
 
     @property
     def done(self) -> bool:
         return len(self.history) >= EPOCHS
+
+    def payload(self, recs: list[dict], store: StudyStore | None, now) -> dict:
+        """A report's result; with `store`, the attempt writes its rows first (as run_trial)."""
+        if store is None:
+            return {"records": recs}
+        if self.rows is None:        # the attempt's process starts, from its checkpoint
+            self.rows = TrialRows(store, "s", self.trial_id, _study().config(self.config), len(self.restored),
+                                  self.restored, flush_s=self.flush_s, clock=lambda: now[0])
+        return {"records": recs, ROWS_KEY: self.rows.add(recs, end=self.done)}
 
 
 class Driver:
@@ -115,12 +133,17 @@ def assert_consistent(root: Path, trial: Trial, final: bool = False):
         assert [g for g in got if g[0] <= len(want)] == want[:len(got)]
 
 
-def run_script(tmp_path, store, rng: random.Random, flush_s: float, trials_n: int = 2, check=None):
-    """Random runs of `trials_n` trials with retries, driver kills and damaged files."""
+def run_script(tmp_path, store, rng: random.Random, flush_s: float, trials_n: int = 2, check=None,
+               trial_writes: bool = False):
+    """Random runs of `trials_n` trials with retries, driver kills, scheduler stops and damaged
+    files; `trial_writes`: the trials write their own rows (TrialRows), else the driver does."""
     study = _study()
     root = store.local_dir
     now = [0.0]
     trials = [Trial(f"s_{i:05d}", tmp_path / "ckpt", seed=i) for i in range(trials_n)]
+    for t in trials:
+        t.flush_s = flush_s
+    own = store if trial_writes else None
     drv = Driver(study, store, flush_s, now)
     live = list(trials)
     damaged: set[str] = set()       # trials with a damaged file no writer has looked at yet
@@ -133,6 +156,12 @@ def run_script(tmp_path, store, rng: random.Random, flush_s: float, trials_n: in
             continue
         now[0] += rng.choice([0.3, 1.0, 4.0])
         event = rng.random()
+        if event < 0.03 and t.history:                       # a scheduler stops it after a report
+            t.status, t.stopped = "TERMINATED", True
+            drv.step(drv.sink.on_trial_complete, trials, t)
+            check and check()
+            live.remove(t)
+            continue
         if event < 0.08:                                     # the trial's node died: Tune retries it
             t.status, t.num_failures = "ERROR", t.num_failures + 1
             drv.step(drv.sink.on_trial_error, trials, t)
@@ -157,7 +186,7 @@ def run_script(tmp_path, store, rng: random.Random, flush_s: float, trials_n: in
         recs = t.records(rng.choice([1, 1, 2, 3]))
         if rng.random() < 0.4 or t.done:
             t.save_checkpoint()                              # checkpoints at report boundaries
-        drv.step(drv.sink.on_trial_result, trials, t, {"records": recs})
+        drv.step(drv.sink.on_trial_result, trials, t, t.payload(recs, own, now))
         damaged.discard(t.trial_id)
         check and check()
         for x in trials:
@@ -176,7 +205,9 @@ def run_script(tmp_path, store, rng: random.Random, flush_s: float, trials_n: in
             ["data.parquet"]                                 # a finished trial: one file
     table = {r["trial_id"]: r for r in pq.read_table(root / "trials.parquet").to_pylist()}
     assert set(table) == {t.trial_id for t in trials}
-    assert all(r["status"] == "completed" and r["epochs_done"] == EPOCHS for r in table.values())
+    for t in trials:     # without a scheduler in the spec, a stopped trial is one to resume
+        r = table[t.trial_id]
+        assert (r["status"], r["epochs_done"]) == (("running", len(t.history)) if t.stopped else ("completed", EPOCHS))
     for t in trials:
         assert table[t.trial_id]["final_test_acc"] == t.history[-1]["test_acc"]
     return trials
@@ -184,9 +215,11 @@ def run_script(tmp_path, store, rng: random.Random, flush_s: float, trials_n: in
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("flush_s", [0.0, 3.0, 1e9], ids=["every-report", "buffered", "until-end"])
-def test_random_retries_kills_and_damage_leave_exactly_the_latest_attempts_rows(tmp_path, seed, flush_s):
+@pytest.mark.parametrize("trial_writes", [True, False], ids=["trial-writes", "driver-writes"])
+def test_random_retries_kills_and_damage_leave_exactly_the_latest_attempts_rows(tmp_path, seed, flush_s,
+                                                                               trial_writes):
     store = StudyStore(str(tmp_path / "res"), "s")
-    run_script(tmp_path, store, random.Random(seed), flush_s)
+    run_script(tmp_path, store, random.Random(seed), flush_s, trial_writes=trial_writes)
 
 
 def test_a_retry_from_a_checkpoint_replaces_rows_in_parts_and_data_file(tmp_path):
@@ -285,7 +318,8 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_uri_storage_pushes_only_new_files_and_deletes_removed_ones(tmp_path, monkeypatch, seed):
+@pytest.mark.parametrize("trial_writes", [True, False], ids=["trial-writes", "driver-writes"])
+def test_uri_storage_pushes_only_new_files_and_deletes_removed_ones(tmp_path, monkeypatch, seed, trial_writes):
     bucket = tmp_path / "bucket"
     store = StudyStore(f"file://{bucket}", "s")
     store.delete_all()
@@ -311,7 +345,7 @@ def test_uri_storage_pushes_only_new_files_and_deletes_removed_ones(tmp_path, mo
         before = now
 
     try:
-        run_script(tmp_path, store, random.Random(100 + seed), flush_s=2.0, check=check)
+        run_script(tmp_path, store, random.Random(100 + seed), flush_s=2.0, check=check, trial_writes=trial_writes)
         assert pq.read_table(bucket / "s" / "trials.parquet").num_rows == 2
     finally:
         store.delete_all()

@@ -146,7 +146,7 @@ def _trial(tid, status, failures=0, config=None):
 def _sink_with_rows(tmp_path, tid="t1", epochs=3):
     study = spec.from_dict(SPEC)
     store = StudyStore(str(tmp_path), study.name)
-    sink = ParquetSink(study, store)
+    sink = ParquetSink(study, store, table_s=0, table_duty=0)     # trials.parquet at every event
     cfg = study.config({"elr": 0.01})
     recs = [{"epoch": e, "step": e, "train_loss": 0.1, "diverged": False, "num_classes": 10} for e in
             range(1, epochs + 1)]
@@ -157,7 +157,7 @@ def _sink_with_rows(tmp_path, tid="t1", epochs=3):
 def test_failures_recorded_by_an_earlier_driver_survive_a_resume(tmp_path):
     sink, store = _sink_with_rows(tmp_path)
     sink.on_trial_error(0, [_trial("t1", "ERROR", failures=1)], _trial("t1", "ERROR", failures=1))
-    resumed = ParquetSink(sink.study, store)                 # Tune resets the count on resume
+    resumed = ParquetSink(sink.study, store, table_s=0, table_duty=0)    # Tune resets the count on resume
     resumed.on_trial_complete(0, [_trial("t1", "TERMINATED", failures=0)], _trial("t1", "TERMINATED"))
     row = pq.read_table(store.local_dir / "trials.parquet").to_pylist()[0]
     assert row["num_failures"] == 1
@@ -194,7 +194,7 @@ def test_a_trial_that_tunes_cleanup_stops_after_its_last_report_is_recorded_as_r
         store = StudyStore(str(tmp), study.name)
         for tid in ("t0", "t3"):
             results.write_trial_epochs(store.local_dir, tid, results.epoch_rows(cfg, recs, study.name))
-        return ParquetSink(study, store), store
+        return ParquetSink(study, store, table_s=0, table_duty=0), store
 
     def run(tmp, complete_in_loop):
         sink, store = sink_with_earlier_trials(tmp)

@@ -197,7 +197,9 @@ def _run_locked(study: Study, store: StudyStore, *, address, num_cpus, verbose, 
         started = True
     store.make_current()      # pickled sinks and searchers resolve to where the study is now
     try:
-        trainable = tune.with_resources(tune.with_parameters(run_trial, study=study),
+        # trials write their own epoch rows into the study folder (an absolute path or the URI)
+        rows_store = StudyStore(store.ray_storage_path, store.name)
+        trainable = tune.with_resources(tune.with_parameters(run_trial, study=study, store=rows_store),
                                         {"cpu": study.cpu, "gpu": study.gpu})
         store.pull()
         if tune.Tuner.can_restore(store.study_path):

@@ -57,12 +57,12 @@ from regimes.core.config import TrainConfig
 
 from .spec import Study
 from .storage import StudyStore
-from .trainable import DECIDED_KEY, ENDED_KEY, MEMBERS_KEY, RECORDS_FILE, RECORDS_KEY, member_id
+from .trainable import (DECIDED_KEY, ENDED_KEY, MEMBERS_KEY, PACK_COLUMN, RECORDS_FILE, RECORDS_KEY, ROWS_KEY,
+                        member_id)
 
 log = logging.getLogger(__name__)
 _ROW_ONLY = ("study", "schema_version", "trial_id", "pack_id")
 _WHERE = ("host", "device", "torch_version", "cuda_device")   # trials row columns a report's trial_<key> sets
-PACK_COLUMN = "pack_id"   # packed studies: the Tune trial that trained a member (epochs and trials rows)
 FLUSH_S = 30.0     # a running trial's rows wait in memory at most this long (then one file)
 FIRST_S = 1.0      # a trial's first report in a driver is written at once if no other was in this long
 SMALL_BASE = 64    # a data.parquet of up to this many rows written by this driver stays in memory
@@ -132,6 +132,13 @@ class TrialWriter:
             return self.buffer[-1]["epoch"]
         return max((f[1] for f in self.files.values()), default=0)
 
+    @property
+    def written(self) -> int:
+        """Newest epoch up to which every row is in a file (0 for none)."""
+        if self.buffer:
+            return self.buffer[0]["epoch"] - 1
+        return max((f[1] for f in self.files.values()), default=0)
+
     def _load(self) -> None:
         """Read the partition's file list (and the newest row). Unreadable files are set
         aside; files that overlap, or rows after a gap, are merged or dropped so that the
@@ -178,7 +185,7 @@ class TrialWriter:
             return
         first = records[0]["epoch"]
         if first <= self.epochs_done:
-            self._drop_from(first)
+            self.drop_from(first)
         done = self.epochs_done
         if first > done + 1 and saved is not None:
             missing = [r for r in saved() if done < r["epoch"] < first]
@@ -297,7 +304,7 @@ class TrialWriter:
             self._remove(name)
         self.buffer, self.since = [], None
 
-    def _drop_from(self, epoch: int) -> None:
+    def drop_from(self, epoch: int) -> None:
         """Forget every row at or after `epoch`: buffered, and in files (a part from `epoch`
         on is deleted, a file spanning it is rewritten without those rows)."""
         import pyarrow.compute as pc
@@ -319,6 +326,55 @@ class TrialWriter:
         self.last = self.buffer[-1] if self.buffer else self._newest_record()
 
 
+class TrialRows:
+    """The trial's side of the results path: a trial (its worker process) writes its own rows.
+
+    One per attempt of a trial (or of a pack's member), made when the attempt starts from
+    the checkpoint it was restored from (`restored` = that checkpoint's epoch, 0 for none;
+    `history` = the records saved with it): rows after `restored` are dropped from the
+    partition (this attempt trains those epochs again), rows up to it that the partition
+    lacks (lost with a killed attempt's buffer, a damaged file set aside) are written
+    back from `history`. Then `add` takes each report's records: the first report's rows
+    are written at once, later rows once `flush_s` old, and the run's end (its last epoch,
+    divergence, a decided regime) merges everything into data.parquet before the trial's
+    last report. Each report tells the driver `written`, the epoch up to which the rows
+    are in files; the driver's ParquetSink keeps the rows after it and writes them only
+    if the trial stops without writing them (a scheduler's stop, a final error, Ctrl-C).
+    With a URI storage the partition is first brought down from the bucket (the trial may
+    run on another node than its previous attempt) and each new file goes up.
+    """
+
+    def __init__(self, store: StudyStore, study: str, trial_id: str, cfg: TrainConfig, restored: int = 0,
+                 history: list[dict] | None = None, columns: dict | None = None, flush_s: float = FLUSH_S,
+                 clock=time.monotonic):
+        self.flush_s, self.clock = flush_s, clock
+        if store.remote:
+            store.sync_down(f"epochs/trial_id={trial_id}")
+        self.writer = w = TrialWriter(store.local_dir, trial_id, cfg, study, store, columns)
+        if w.epochs_done > restored:
+            w.drop_from(restored + 1)
+        done = w.epochs_done
+        missing = [r for r in history or () if done < r["epoch"] <= restored]
+        if missing:
+            w.add(missing, clock())
+            w.flush()
+
+    @property
+    def written(self) -> int:
+        return self.writer.written
+
+    def add(self, records: list[dict], end: bool = False) -> int:
+        """One epoch's (or report's) records; `end`: the run ended with them, so everything is
+        merged into data.parquet now (before the trial's last report). Returns `written`."""
+        w, now = self.writer, self.clock()
+        w.add(records, now)
+        if end:
+            w.finish()
+        elif w.due(now, self.flush_s, first=True):
+            w.flush()
+        return w.written
+
+
 class ParquetSink(tune.Callback):
     """Drives one TrialWriter per running trial and keeps trials.parquet (see the module doc).
 
@@ -337,6 +393,7 @@ class ParquetSink(tune.Callback):
 
     def _reset(self) -> None:
         self._writers: dict[str, TrialWriter] = {}        # trial_id -> writer (running trials)
+        self._reported: dict[str, _Reported] = {}         # trial_id -> running trial that writes its rows
         self._finished: dict[str, dict] = {}              # trial_id -> trials row, not yet in _table
         self._table = None                                # trials rows of finished trials (pyarrow)
         self._in_table: set[str] = set()                  # trial ids in _table
@@ -410,10 +467,8 @@ class ParquetSink(tune.Callback):
             return
         new = result.get(RECORDS_KEY)
         if new:
-            w = self._writers.get(trial.trial_id)
-            cfg = w.cfg if w is not None else self._config(trial)      # building one costs ~1 ms
-            self.report(trial.trial_id, cfg, new, saved=lambda: _checkpoint_records(trial),
-                        where=result)
+            self.report(trial.trial_id, self._unit_config(trial), new, saved=lambda: _checkpoint_records(trial),
+                        where=result, written=result.get(ROWS_KEY))
         self._maybe_write_trials(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -436,8 +491,7 @@ class ParquetSink(tune.Callback):
     def _units(self, trial) -> list[tuple[str, TrainConfig]]:
         """(trial id, config) of what a Tune trial trains: itself, or each member of a pack."""
         if MEMBERS_KEY not in (trial.config or {}):
-            w = self._writers.get(trial.trial_id)
-            return [(trial.trial_id, w.cfg if w is not None else self._config(trial))]
+            return [(trial.trial_id, self._unit_config(trial))]
         if trial.trial_id not in self._members:
             self._members[trial.trial_id] = [(member_id(trial.trial_id, k), self.study.config(p))
                                              for k, p in enumerate(trial.config[MEMBERS_KEY])]
@@ -453,7 +507,7 @@ class ParquetSink(tune.Callback):
             if entry.get(RECORDS_KEY):
                 uid, cfg = units[k]
                 self.report(uid, cfg, entry[RECORDS_KEY], saved=lambda k=k: _checkpoint_records(trial, k),
-                            where=result, columns=columns)
+                            where=result, columns=columns, written=entry.get(ROWS_KEY))
         for k in sorted(int(k) for k in (result.get(ENDED_KEY) or {})):
             uid, cfg = units[k]
             if uid not in self._ended:
@@ -463,6 +517,9 @@ class ParquetSink(tune.Callback):
         """Also at Ctrl-C. Clean up after drivers that died before Tune's snapshot."""
         for w in self._writers.values():
             w.flush()
+        for tid in list(self._reported):      # reported rows a stopped trial had not written yet
+            if self._reported[tid].tail:
+                self._complete(tid, self._reported[tid], merge=False)
         if self._looped:
             # At Ctrl-C Tune's cleanup marks every trial that holds an actor (running, or pending
             # with one starting) TERMINATED without calling on_trial_complete, after its final
@@ -470,8 +527,8 @@ class ParquetSink(tune.Callback):
             # resumes from its checkpoint, so it is recorded as running.
             for t in trials:
                 if t.status == "TERMINATED" and t.trial_id not in self._ended_before:
-                    self._after_loop.update(uid for uid, _ in self._units(t) if uid not in self._ended)
-        known = {t.trial_id for t in trials} | {uid for t in trials for uid, _ in self._units(t)}
+                    self._after_loop.update(uid for uid in _unit_ids(t) if uid not in self._ended)
+        known = {t.trial_id for t in trials} | {uid for t in trials for uid in _unit_ids(t)}
         self._drop_orphans(known)
         if self.study.kind == "optuna":
             from .search import fail_stale_trials
@@ -481,16 +538,25 @@ class ParquetSink(tune.Callback):
 
     # --- per trial id (a Tune trial's id, or any id its reports are written under) -------------
     def report(self, trial_id: str, cfg: TrainConfig, records: list[dict], saved=None, where=None,
-               columns: dict | None = None) -> None:
+               columns: dict | None = None, written: int | None = None) -> None:
         """Records of one report for `trial_id`; `saved()` gives the records of its checkpoint;
-        `columns`: constant columns of its rows and trials row (a member's pack_id)."""
+        `columns`: constant columns of its rows and trials row (a member's pack_id);
+        `written`: the epoch up to which the trial has written its rows itself (TrialRows), or
+        None if it writes none (then this sink writes them all)."""
         if trial_id in self._ended:
             self._unfinish(trial_id)          # e.g. an errored trial run again
+        if where and "trial_host" in where:
+            self._where[trial_id] = {k: where[f"trial_{k}"] for k in _WHERE if f"trial_{k}" in where}
+        if written is not None:
+            self._writers.pop(trial_id, None)        # the files are the trial's: what a writer knew is stale
+            r = self._reported.get(trial_id)
+            if r is None:
+                r = self._reported[trial_id] = _Reported(cfg, columns)
+            r.take(records, written, saved)
+            return
         w = self._writer(trial_id, cfg, saved, columns)
         now = self.clock()
         w.add(records, now, saved=saved)
-        if where and "trial_host" in where:
-            self._where[trial_id] = {k: where[f"trial_{k}"] for k in _WHERE if f"trial_{k}" in where}
         self._flush_if_due(w, now)
 
     def _flush_if_due(self, w: TrialWriter, now: float) -> None:
@@ -511,15 +577,45 @@ class ParquetSink(tune.Callback):
         member = self._member_index(trial, trial_id)
         if member is not None:
             columns = {PACK_COLUMN: trial.trial_id}
-        w = self._writer(trial_id, cfg, lambda: _checkpoint_records(trial, member), columns)
-        w.finish()
-        row = self._summary(trial_id, cfg, trial, w.last, tune_status, w.columns)
-        del self._writers[trial_id]
+        r = self._reported.pop(trial_id, None)
+        if r is not None:      # the trial wrote its rows: what it did not write is written here
+            if not r.complete:
+                self._complete(trial_id, r)
+            row = self._summary(trial_id, cfg, trial, r.last, tune_status, r.columns)
+        else:
+            w = self._writer(trial_id, cfg, lambda: _checkpoint_records(trial, member), columns)
+            w.finish()
+            row = self._summary(trial_id, cfg, trial, w.last, tune_status, w.columns)
+            del self._writers[trial_id]
         self._configs.pop(trial_id, None)
         if row is not None:
             self._finished[trial_id] = row
         self._ended.add(trial_id)
         self._table_dirty = True
+
+    def _complete(self, trial_id: str, r: "_Reported", merge: bool = True) -> None:
+        """Write what a trial that writes its own rows reported but did not write (its rows
+        after `written`): it was stopped by a scheduler, failed for good, or is being stopped
+        at Ctrl-C; rows missing before them come from its checkpoint. `merge`: into
+        data.parquet alone (the trial ended), else as the partition's next file."""
+        if self.store.remote:
+            self.store.sync_down(f"epochs/trial_id={trial_id}")     # the trial wrote from its node
+        w = TrialWriter(self.store.local_dir, trial_id, r.cfg, self.study.name, self.store, r.columns)
+        if r.tail:
+            w.add(r.tail, self.clock(), saved=r.saved)
+        elif w.epochs_done == 0 and r.saved is not None:
+            back = r.saved()
+            if back:
+                w.add(back, self.clock())
+        r.tail, r.written = [], max(r.written, w.epochs_done)
+        w.finish() if merge else w.flush()
+
+    def _unit_config(self, trial) -> TrainConfig:
+        r = self._reported.get(trial.trial_id)
+        if r is not None:
+            return r.cfg
+        w = self._writers.get(trial.trial_id)
+        return w.cfg if w is not None else self._config(trial)      # building one costs ~1 ms
 
     def epoch_file(self, trial_id: str) -> Path:
         return results.trial_folder(self.store.local_dir, trial_id) / results.DATA_FILE
@@ -586,8 +682,9 @@ class ParquetSink(tune.Callback):
         was at least `table_s` ago and `table_duty` times as long ago as the rewrite took."""
         if not self._table_dirty:
             return
-        if self._table_written is None or \
-                self.clock() - self._table_written >= max(self.table_s, self.table_duty * self._table_cost):
+        if self._table_written is None:      # a driver's first events wait `table_s` too (one rewrite)
+            self._table_written = self.clock()
+        if self.clock() - self._table_written >= max(self.table_s, self.table_duty * self._table_cost):
             self._write_trials(trials)
 
     def _write_trials(self, trials) -> None:
@@ -612,6 +709,15 @@ class ParquetSink(tune.Callback):
                 if tid in self._ended:
                     continue
                 columns = {PACK_COLUMN: trial.trial_id} if packed else None
+                r = self._reported.get(tid)
+                if r is not None:
+                    if packed and r.ended():       # a member that ended while its pack goes on
+                        finish(tid, cfg, trial, "TERMINATED")
+                        continue
+                    row = self._summary(tid, r.cfg, trial, r.last, trial.status, r.columns)
+                    if row is not None:
+                        running.append(row)
+                    continue
                 if tid not in self._writers:
                     if tid in self._checked and trial.status not in ("ERROR", "RUNNING", "TERMINATED"):
                         continue
@@ -648,7 +754,7 @@ class ParquetSink(tune.Callback):
             return
         table = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
         table = table.sort_by("trial_id")
-        results.atomic_write(table, self.store.local_dir / "trials.parquet")
+        results.atomic_write(table, self.store.local_dir / "trials.parquet", **results.FAST_WRITE)
         self.store.push("trials.parquet")
         if self.study.kind == "optuna":
             self.store.push("optuna.journal")
@@ -675,6 +781,42 @@ class ParquetSink(tune.Callback):
 
             self._versions = {"ray_version": ray.__version__, "optuna_version": optuna.__version__}
         return self._versions
+
+
+class _Reported:
+    """What the driver keeps of a running trial that writes its own rows: its newest record,
+    and the rows it reported after `written` (the epoch its files reach), which only a trial
+    that stops without writing them leaves to the driver (see TrialRows)."""
+
+    __slots__ = ("cfg", "columns", "last", "tail", "written", "saved")
+
+    def __init__(self, cfg: TrainConfig, columns: dict | None):
+        self.cfg, self.columns = cfg, dict(columns or {})
+        self.last: dict | None = None
+        self.tail: list[dict] = []
+        self.written = 0
+        self.saved = None
+
+    def take(self, records: list[dict], written: int, saved) -> None:
+        first = records[0]["epoch"]      # a retry reports again from its checkpoint on
+        self.tail = [x for x in self.tail if x["epoch"] < first] + list(records)
+        self.tail = [x for x in self.tail if x["epoch"] > written]
+        self.written, self.last, self.saved = written, records[-1], saved
+
+    def ended(self) -> bool:
+        x = self.last
+        return x is not None and bool(x.get("diverged") or x.get(DECIDED_KEY) or x["epoch"] >= self.cfg.epochs)
+
+    @property
+    def complete(self) -> bool:
+        """The trial ended and merged its rows itself (TrialRows.end before its last report)."""
+        return self.ended() and not self.tail and self.written >= self.last["epoch"]
+
+
+def _unit_ids(trial) -> list[str]:
+    """The trial ids a Tune trial's rows are written under: its own, or its pack's members'."""
+    members = (trial.config or {}).get(MEMBERS_KEY)
+    return [trial.trial_id] if members is None else [member_id(trial.trial_id, k) for k in range(len(members))]
 
 
 def _harmonise(rows: list[dict]) -> None:

@@ -157,6 +157,30 @@ class StudyStore:
             pafs.copy_files(f"{base}/{name}", str(dst), source_filesystem=fs,
                             destination_filesystem=pafs.LocalFileSystem())
 
+    def sync_down(self, relpath: str) -> None:
+        """Make the local copy of one folder of the study URI (a trial's partition) what the
+        URI holds: its files downloaded, local files it no longer has removed. A trial writes
+        its partition from whichever node runs it, so before another node (a retry, the driver)
+        changes the partition it must see what is there. No-op for local storage."""
+        if not self.remote:
+            return
+        import pyarrow.fs as pafs
+
+        fs, base = self._fs()
+        local = self.local_dir / relpath
+        remote = {}
+        if fs.get_file_info(f"{base}/{relpath}").type == pafs.FileType.Directory:
+            for info in fs.get_file_info(pafs.FileSelector(f"{base}/{relpath}")):
+                if info.type == pafs.FileType.File:
+                    remote[info.base_name] = info.path
+        local.mkdir(parents=True, exist_ok=True)
+        for p in local.iterdir():
+            if p.is_file() and not p.name.startswith(".") and p.name not in remote:
+                p.unlink()
+        for name, path in remote.items():
+            pafs.copy_files(path, str(local / name), source_filesystem=fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+
     # --- lifecycle -----------------------------------------------------------
     def clear_own_files(self) -> None:
         """Remove our files (not Ray's) locally and, for URIs, remotely."""

@@ -45,6 +45,9 @@ REGIME_KEY = "regime"            # the trial's label, in its last report
 DECIDED_KEY = "decided_regime"   # in records: the label an early-stopped trial stopped with
 TRAJECTORY = ("epoch", "train_loss", "train_acc", "eff_grad_norm")
 RECORDS_KEY = "records"          # list of epoch records in one report (the Parquet rows)
+PACK_COLUMN = "pack_id"          # packed studies: the Tune trial that trained a member (epochs and trials rows)
+ROWS_KEY = "rows_written"        # in a report (a pack's: per member): the epoch up to which the trial
+                                 # has written its rows itself (sink.TrialRows); absent: it writes none
 CONFIG_ERROR_KEY = "config_error"   # in a report just before the trial raises: do not retry it
 MEMBERS_KEY = "members"          # a packed trial: in its config, the members' points; in a report, per
                                  # member {"member": k, "records": [...], "regime": label once it is done}
@@ -156,12 +159,23 @@ def member_id(pack_trial_id: str, k: int) -> str:
     return f"{pack_trial_id}_m{k}"
 
 
-def run_trial(config: dict, study: Study) -> None:
-    """Function trainable: train one trial of `study`, reporting every epoch record."""
+def _trial_rows(store, study: Study, trial_id: str, cfg, restored: int, history: list[dict], columns=None):
+    """This attempt's writer of the trial's own rows (sink.TrialRows), or None without a store
+    (then the driver's sink writes every row it is sent)."""
+    if store is None:
+        return None
+    from .sink import TrialRows     # here: the sink imports this module
+
+    return TrialRows(store, study.name, trial_id, cfg, restored, history, columns)
+
+
+def run_trial(config: dict, study: Study, store=None) -> None:
+    """Function trainable: train one trial of `study`, reporting every epoch record. With
+    `store` (the study's StudyStore) the trial writes its own epoch rows there (sink.TrialRows)."""
     # Tune moves the worker into the trial folder; a relative data_root means the job's folder.
     os.chdir(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd()))
     if MEMBERS_KEY in config:
-        return run_pack(config[MEMBERS_KEY], study)
+        return run_pack(config[MEMBERS_KEY], study, store)
     from regimes.run import Trainer     # here, not at the top: the driver imports this module, not torch
     try:
         cfg = study.config(config)
@@ -183,9 +197,12 @@ def run_trial(config: dict, study: Study) -> None:
                     traj = Trajectory(json.load(fh))
         restored_from = trainer.epoch
     here = where(trainer.device)
+    rows = _trial_rows(store, study, tune.get_context().get_trial_id(), cfg, restored_from, history)
 
-    def report(rec: dict, records: list[dict], save: bool, last: bool = False) -> None:
+    def report(rec: dict, records: list[dict], save: bool, last: bool = False, again: bool = False) -> None:
         metrics = {**rec, RECORDS_KEY: records, "restored_from_epoch": restored_from, **here}
+        if rows is not None:      # rows go to the partition before the report that carries them
+            metrics[ROWS_KEY] = rows.add([] if again else records, end=last)
         if last:
             metrics[REGIME_KEY] = rec.get(DECIDED_KEY) or traj.label()
         for m, mode in zip(study.metric, study.mode):
@@ -205,7 +222,7 @@ def run_trial(config: dict, study: Study) -> None:
                                  or last_rec.get(DECIDED_KEY)):
         # Restored from the final checkpoint (the driver died before Tune saw the trial end):
         # nothing left to train; say the last word again so Tune and the searcher get it.
-        report(last_rec, [last_rec], save=False, last=True)
+        report(last_rec, [last_rec], save=False, last=True, again=True)
         return
 
     stop = study.early_stop
@@ -230,7 +247,7 @@ def run_trial(config: dict, study: Study) -> None:
             break
 
 
-def run_pack(points: list[dict], study: Study) -> None:
+def run_pack(points: list[dict], study: Study, store=None) -> None:
     """Function trainable of a packed trial: the configs of `points` trained as one network
     (regimes.core.pack). Each report carries, per member, its epoch records since the last
     report (MEMBERS_KEY, for the sink) and, cumulatively, every member whose run has ended
@@ -270,9 +287,21 @@ def run_pack(points: list[dict], study: Study) -> None:
                 ended[k] = {**last[k], REGIME_KEY: last[k].get(DECIDED_KEY) or trajs[k].label()}
 
     here = where(trainer.device)
+    pack_id = tune.get_context().get_trial_id()
+    rows = [_trial_rows(store, study, member_id(pack_id, k), cfgs[k], last[k]["epoch"] if k in last else 0,
+                        history[k], columns={PACK_COLUMN: pack_id}) for k in range(K)] if store is not None else None
+    if rows is not None:
+        for k in ended:          # members that had ended before this attempt: their rows are whole
+            rows[k].add([], end=True)
 
-    def report(pending: dict[int, list[dict]], save: bool) -> None:
-        metrics = {MEMBERS_KEY: [{"member": k, RECORDS_KEY: recs} for k, recs in sorted(pending.items())],
+    def member_entry(k: int, recs: list[dict], again: bool) -> dict:
+        entry = {"member": k, RECORDS_KEY: recs}
+        if rows is not None:     # rows go to the partition before the report that carries them
+            entry[ROWS_KEY] = rows[k].add([] if again else recs, end=k in ended)
+        return entry
+
+    def report(pending: dict[int, list[dict]], save: bool, again: bool = False) -> None:
+        metrics = {MEMBERS_KEY: [member_entry(k, recs, again) for k, recs in sorted(pending.items())],
                    ENDED_KEY: {str(k): r for k, r in sorted(ended.items())},
                    "epoch": trainer.epoch, "members_training": K - len(ended),
                    "restored_from_epoch": restored_from, **here}
@@ -290,7 +319,7 @@ def run_pack(points: list[dict], study: Study) -> None:
     if len(ended) == K:
         # Restored from the final checkpoint (the driver died before Tune saw the trial end):
         # say every member's last word again so Tune and the searcher get it.
-        report({k: [r] for k, r in last.items()}, save=False)
+        report({k: [r] for k, r in last.items()}, save=False, again=True)
         return
 
     stop = study.early_stop
