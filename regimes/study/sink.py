@@ -1,41 +1,55 @@
-"""ParquetSink: a driver-side Ray Tune callback writing the study's Parquet.
+"""The results path: each trial writes its own epoch rows; the driver's ParquetSink
+writes trials.parquet and whatever rows a trial could not write itself.
 
-Each report's epoch records go to the trial's `TrialWriter`, which appends them
-to the trial's partition `epochs/trial_id=<id>/` (regimes.results): rows are
-kept in memory until the trial's first unwritten row is `flush_s` old (a
-trial's first report in a driver is written at once if no other trial's was in
-the last `first_s`), then written as one new file `part-<first>-<last>.parquet`;
-once the parts hold as many rows as the trial's `data.parquet`, they are merged
-into it (rows written a constant number of times on average; the parts' tables
-are still in memory, so a merge reads back at most data.parquet), and a trial
-that ends is merged into `data.parquet` alone. Every write is a new file
-renamed into place, so a driver's cost per row does not grow with the epochs
-or trials already written; what it costs is the number of files (a Parquet
-file of ~115 columns costs milliseconds whatever its rows), so the sink writes
-as few as it can. A finished trial's rows and records leave driver memory;
-only its trials.parquet row stays.
+`TrialWriter` appends one trial's epoch records to its partition
+`epochs/trial_id=<id>/` (regimes.results): rows are kept in memory until the
+trial's first unwritten row is `flush_s` old, then written as one new file
+`part-<first>-<last>.parquet`; once the parts hold as many rows as the trial's
+`data.parquet`, they are merged into it (rows written a constant number of
+times on average; the parts' tables are still in memory, so a merge reads
+back at most data.parquet), and a trial that ends is merged into
+`data.parquet` alone. Every write is a new file renamed into place, so the
+cost per row does not grow with the epochs or trials already written; what it
+costs is the number of files (a Parquet file of ~115 columns costs
+milliseconds whatever its rows), so a writer writes as few as it can. A writer
+that opens a partition sets unreadable files aside as `.<name>.damaged`
+(removed from a URI storage too), merges files that overlap (left by a process
+killed mid-merge) and drops rows after a gap, so a partition holds epochs 1..m.
 
-The sink is idempotent across every kind of restart:
-- a trial retried from a checkpoint at epoch k reports k+1, k+2, ... again: a
-  report starting at epoch e first drops the trial's rows >= e (buffered, or in
-  files: parts from e on deleted, a file spanning e cut at e);
+`TrialRows` is the trial's side (made by the trainable, in the worker, for
+each attempt): it drops the rows after the checkpoint the attempt starts from,
+writes back rows before it that the partition lacks (from the records saved
+with that checkpoint), writes each report's rows before the report (the first
+at once, later ones by age) and merges them into data.parquet before the last
+report. Each report says up to which epoch the rows are in files
+(`ROWS_KEY`).
+
+`ParquetSink` is the driver's side, a Ray Tune callback. Per running trial
+it keeps its newest record and the rows it reported after `ROWS_KEY`; a
+trial that stops without writing them (a scheduler's stop, a final error,
+Ctrl-C) has them written here, with rows missing before them from its
+checkpoint. Reports without `ROWS_KEY` (a trainable given no store) are
+written wholly here, through a TrialWriter per trial, with the same rules:
+- a report starting at epoch e (a retry from its checkpoint) first drops the
+  trial's rows >= e (buffered, or in files: parts from e on deleted, a file
+  spanning e cut at e);
 - a resumed driver (Tuner.restore) starts with empty memory: the first time it
-  sees a trial it reads what the trial's partition holds (an unreadable file is
-  set aside as `.<name>.damaged`, and removed from a URI storage; files that
-  overlap, left by a driver killed mid-merge, are merged; rows after a gap, e.g.
-  parts after a set-aside data.parquet, are dropped); rows missing before a report's first epoch (never
-  written, lost with a killed driver's buffer, or set aside) come from the
-  records saved with the trial's last checkpoint, which the trial resumed from:
-  rows after that checkpoint are reported again by the trial itself;
+  sees a trial it reads what the trial's partition holds; rows missing before
+  a report's first epoch (lost with a killed driver's buffer, or set aside)
+  come from the records saved with the trial's last checkpoint, which the
+  trial resumed from: rows after that checkpoint are reported again by the
+  trial itself;
 - a trial that ends or fails is written out before Tune's next experiment
-  snapshot, so a finished trial is never left with rows in memory only;
-- the sink writes where the study is now (a copied or moved study folder
-  resumes into itself: see storage.StudyStore); with a URI storage each write
-  uploads the one new file, and removed files are removed there too.
+  snapshot, so a finished trial is never left with rows in memory only.
+The sink writes where the study is now (a copied or moved study folder
+resumes into itself: see storage.StudyStore); with a URI storage each write
+uploads the one new file, and removed files are removed there too. A finished
+trial's rows and records leave driver memory; only its trials.parquet row
+stays.
 
 `trials.parquet` (one row per trial, status + provenance) holds the trials the
 sink knows: finished trials' rows are kept (as an Arrow table), running trials'
-rows are made from their last record. It is rewritten whole (a reader sees a
+rows are made from their newest record. It is rewritten whole (a reader sees a
 complete table) at most every `table_s` seconds, when due at a trial event or a
 step of Tune's loop, and at the end of the experiment.
 """
@@ -109,8 +123,9 @@ class TrialWriter:
     """
 
     def __init__(self, root: Path, trial_id: str, cfg: TrainConfig, study: str, store: StudyStore | None = None,
-                 columns: dict | None = None):
+                 columns: dict | None = None, peek: bool = False):
         self.root, self.trial_id, self.cfg, self.study, self.store = Path(root), trial_id, cfg, study, store
+        self.peek = peek       # only look (a partition its running trial writes): change nothing, write nothing
         self.columns = dict(columns or {})        # constant columns of every row (a member's pack_id)
         self.folder = results.trial_folder(root, trial_id)
         self.files: dict[str, tuple[int, int, int]] = {}     # name -> (first, last, rows)
@@ -151,7 +166,13 @@ class TrialWriter:
             path = self.folder / name
             if name != results.DATA_FILE and results.part_range(name) is None:
                 continue                          # not ours (readers would still see it)
-            table = _read_or_set_aside(path, columns=["epoch"])
+            if self.peek:
+                try:
+                    table = pq.read_table(path, partitioning=None, columns=["epoch"])
+                except (OSError, ValueError):      # damaged or gone: its trial's writer sees to it
+                    continue
+            else:
+                table = _read_or_set_aside(path, columns=["epoch"])
             if table is None and self.store is not None:
                 self.store.delete(self._rel(name))      # set aside: the bucket's copy is as damaged
             if table is None or table.num_rows == 0:
@@ -162,6 +183,8 @@ class TrialWriter:
         expected = 1                          # epochs count from 1: rows after a gap are of no use
         for i, (name, (first, last, n)) in enumerate(ordered):
             if n != last - first + 1 or first != expected:
+                if self.peek:
+                    break
                 log.warning("rows of trial %s overlap or have a gap at epoch %d: merging its files",
                             self.trial_id, min(first, expected))
                 self._merge(repair=True)
@@ -173,7 +196,12 @@ class TrialWriter:
         if not self.files:
             return None
         newest = max(self.files, key=lambda k: self.files[k][1])
-        table = self._read(newest)
+        try:
+            table = self._read(newest)
+        except (OSError, ValueError):
+            if not self.peek:
+                raise
+            return None                     # replaced under a peek by the trial writing it
         return rows_to_records(table.slice(table.num_rows - 1).to_pylist(), self.cfg)[-1]
 
     # --- reports -------------------------------------------------------------------------
@@ -638,7 +666,7 @@ class ParquetSink(tune.Callback):
         """The trial's writer, created (from what its partition holds) the first time. A trial
         with no rows on disk gets them back from its checkpoint's records, if any."""
         w = self._writers.get(trial_id)
-        if w is None:
+        if w is None or w.peek:
             w = self._writers[trial_id] = TrialWriter(self.store.local_dir, trial_id, cfg, self.study.name,
                                                       self.store, columns)
             self._checked.add(trial_id)
@@ -727,7 +755,8 @@ class ParquetSink(tune.Callback):
                         # ended under an earlier driver: its rows are on disk (or in its checkpoint)
                         finish(tid, cfg, trial, trial.status)
                         continue
-                    w = TrialWriter(self.store.local_dir, tid, cfg, self.study.name, self.store, columns)
+                    # its newest row, for its trials row: only a look, as its trial may be writing
+                    w = TrialWriter(self.store.local_dir, tid, cfg, self.study.name, self.store, columns, peek=True)
                     if w.last is None and trial.status != "RUNNING":
                         continue       # pending, nothing on disk
                     self._writers[tid] = w

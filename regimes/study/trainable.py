@@ -3,7 +3,9 @@
 One trial = one TrainConfig (the study's `base` + the trial's point of the
 space). Each `tune.report` carries the epoch records since the previous report
 (`records`, read by the driver-side ParquetSink) and the last record's values
-at top level (what schedulers and searchers look at). A checkpoint (the
+at top level (what schedulers and searchers look at). Given the study's store,
+the trial writes those rows itself before each report (`sink.TrialRows`) and
+says up to which epoch they are written (`rows_written`). A checkpoint (the
 Trainer's full state, a few hundred KB) goes with the report every
 `checkpoint_every` epochs and at the end; a retried or resumed trial continues
 from `tune.get_checkpoint()` exactly where that checkpoint left it.
