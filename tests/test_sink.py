@@ -349,3 +349,32 @@ def test_uri_storage_pushes_only_new_files_and_deletes_removed_ones(tmp_path, mo
         assert pq.read_table(bucket / "s" / "trials.parquet").num_rows == 2
     finally:
         store.delete_all()
+
+
+def test_a_resumed_driver_only_looks_at_the_partition_of_a_trial_that_writes_it(tmp_path):
+    """A resumed driver reads a running trial's newest row for its trials row before the trial
+    reports; the trial (its worker) may be repairing the partition at that moment, so the driver
+    sets nothing aside and merges nothing, even where a writer would."""
+    store = StudyStore(str(tmp_path / "res"), "s")
+    t = Trial("s_00000", tmp_path / "ckpt")
+    w = sink_module.TrialWriter(store.local_dir, t.trial_id, _study().config(t.config), "s", store)
+    for n in (3, 2):                        # data.parquet (1-3), part 4-5
+        w.add(t.records(n), 0.0)
+        w.flush()
+    folder = store.local_dir / "epochs" / f"trial_id={t.trial_id}"
+    part = folder / results.part_name(4, 5)
+    (folder / results.part_name(4, 4)).write_bytes(part.read_bytes())      # overlapping files...
+    (folder / results.part_name(6, 6)).write_bytes(part.read_bytes()[:50])  # ...and a damaged one
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    sink = ParquetSink(_study(), store, table_s=0, table_duty=0)
+    t.status = "RUNNING"
+    sink.on_step_begin(0, [t])
+    sink.on_trial_start(0, [t], t)          # the resumed Tune starts the trial again
+    sink.on_step_end(0, [t])
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    row = pq.read_table(store.local_dir / "trials.parquet").to_pylist()[0]
+    assert (row["trial_id"], row["status"], row["epochs_done"]) == (t.trial_id, "running", 5)
+    # the trial's own writer, opening it, repairs it: epochs 1-5 once, the damaged file set aside
+    rows = TrialRows(store, "s", t.trial_id, _study().config(t.config), restored=5, history=t.history)
+    assert rows.written == 5 and dataset_rows(store.local_dir, t.trial_id) == oracle(t)
+    assert (folder / f".{results.part_name(6, 6)}.damaged").exists()

@@ -16,6 +16,7 @@ from regimes import results
 from regimes.study import spec
 from regimes.study.launch import run_study
 from regimes.study.storage import StudyStore
+from regimes.study.trainable import ROWS_KEY
 
 pytestmark = pytest.mark.ray
 
@@ -52,6 +53,8 @@ def test_grid_sweep_end_to_end_with_a_diverging_trial(ray_local, tmp_path):
         by_lr.setdefault(r.config["lr"], []).append(r.metrics)
     assert all(m["diverged"] and m["test_acc"] == pytest.approx(0.1) for m in by_lr[1e20])   # chance, finite
     assert all(not m["diverged"] and math.isfinite(m["test_acc"]) and m["epoch"] == 3 for m in by_lr[0.05])
+    # each trial wrote its own rows: its last report says they are all in its files
+    assert all(r.metrics[ROWS_KEY] == r.metrics["epoch"] for r in grid)
 
     # Parquet: exactly one row per (trial, epoch), config columns = the trial's config
     trials = {r["trial_id"]: r for r in pq.read_table(root / "trials.parquet").to_pylist()}

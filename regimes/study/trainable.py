@@ -4,7 +4,7 @@ One trial = one TrainConfig (the study's `base` + the trial's point of the
 space). Each `tune.report` carries the epoch records since the previous report
 (`records`, read by the driver-side ParquetSink) and the last record's values
 at top level (what schedulers and searchers look at). Given the study's store,
-the trial writes those rows itself before each report (`sink.TrialRows`) and
+the trial writes those rows itself before each report (`rows.TrialRows`) and
 says up to which epoch they are written (`rows_written`). A checkpoint (the
 Trainer's full state, a few hundred KB) goes with the report every
 `checkpoint_every` epochs and at the end; a retried or resumed trial continues
@@ -36,6 +36,7 @@ from ray import tune
 from regimes import regime as R
 from regimes.errors import ConfigError
 
+from .rows import DECIDED_KEY  # noqa: F401  (in records: the label an early-stopped trial stopped with)
 from .spec import Study
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -44,12 +45,11 @@ RECORDS_FILE = "records.json"            # every epoch record up to the checkpoi
                                          # regime classifier reads, and what rebuilds lost Parquet rows
 HISTORY_FILE = "trajectory.json"         # its predecessor (classifier series only), still read
 REGIME_KEY = "regime"            # the trial's label, in its last report
-DECIDED_KEY = "decided_regime"   # in records: the label an early-stopped trial stopped with
 TRAJECTORY = ("epoch", "train_loss", "train_acc", "eff_grad_norm")
 RECORDS_KEY = "records"          # list of epoch records in one report (the Parquet rows)
 PACK_COLUMN = "pack_id"          # packed studies: the Tune trial that trained a member (epochs and trials rows)
 ROWS_KEY = "rows_written"        # in a report (a pack's: per member): the epoch up to which the trial
-                                 # has written its rows itself (sink.TrialRows); absent: it writes none
+                                 # has written its rows itself (rows.TrialRows); absent: it writes none
 CONFIG_ERROR_KEY = "config_error"   # in a report just before the trial raises: do not retry it
 MEMBERS_KEY = "members"          # a packed trial: in its config, the members' points; in a report, per
                                  # member {"member": k, "records": [...], "regime": label once it is done}
@@ -162,18 +162,18 @@ def member_id(pack_trial_id: str, k: int) -> str:
 
 
 def _trial_rows(store, study: Study, trial_id: str, cfg, restored: int, history: list[dict], columns=None):
-    """This attempt's writer of the trial's own rows (sink.TrialRows), or None without a store
+    """This attempt's writer of the trial's own rows (rows.TrialRows), or None without a store
     (then the driver's sink writes every row it is sent)."""
     if store is None:
         return None
-    from .sink import TrialRows     # here: the sink imports this module
+    from .rows import TrialRows
 
     return TrialRows(store, study.name, trial_id, cfg, restored, history, columns)
 
 
 def run_trial(config: dict, study: Study, store=None) -> None:
     """Function trainable: train one trial of `study`, reporting every epoch record. With
-    `store` (the study's StudyStore) the trial writes its own epoch rows there (sink.TrialRows)."""
+    `store` (the study's StudyStore) the trial writes its own epoch rows there (rows.TrialRows)."""
     # Tune moves the worker into the trial folder; a relative data_root means the job's folder.
     os.chdir(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd()))
     if MEMBERS_KEY in config:
