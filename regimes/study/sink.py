@@ -111,6 +111,7 @@ class ParquetSink(tune.Callback):
         self._after_loop: set[str] = set()     # trials that ended after Tune's final snapshot
         self._ended_before: set[str] = set()   # Tune trials already ended when its loop began
         self._table_written: float | None = None    # clock of the last trials.parquet write
+        self._first_event: float | None = None      # clock of the first trial event this driver saw
         self._table_cost = 0.0                      # seconds that write took
         self._row_schemas: dict = {}                # column names -> schema of trials rows built
         self._table_dirty = False                   # a trial started or ended since
@@ -224,6 +225,7 @@ class ParquetSink(tune.Callback):
         for tid in list(self._reported):      # reported rows a stopped trial had not written yet
             if self._reported[tid].tail:
                 self._complete(tid, self._reported[tid], merge=False)
+        after_loop = len(self._after_loop)
         if self._looped:
             # At Ctrl-C Tune's cleanup marks every trial that holds an actor (running, or pending
             # with one starting) TERMINATED without calling on_trial_complete, after its final
@@ -238,7 +240,10 @@ class ParquetSink(tune.Callback):
             from .search import fail_stale_trials
 
             fail_stale_trials(self.study, self.store.journal_path, known)
-        self._write_trials(trials)
+        # the table as the last rewrite left it is final if no trial changed since and none runs
+        if self._table_dirty or self._table_written is None or self._reported or self._writers \
+                or len(self._after_loop) != after_loop or self.study.kind == "optuna":
+            self._write_trials(trials)
 
     # --- per trial id (a Tune trial's id, or any id its reports are written under) -------------
     def report(self, trial_id: str, cfg: TrainConfig, records: list[dict], saved=None, where=None,
@@ -386,10 +391,12 @@ class ParquetSink(tune.Callback):
         was at least `table_s` ago and `table_duty` times as long ago as the rewrite took."""
         if not self._table_dirty:
             return
-        if self._table_written is None:      # a driver's first events wait `table_s` too (one rewrite)
-            self._table_written = self.clock()
-        if self.clock() - self._table_written >= max(self.table_s, self.table_duty * self._table_cost):
-            self._write_trials(trials)
+        now = self.clock()
+        if self._first_event is None:
+            self._first_event = now
+        last = self._first_event if self._table_written is None else self._table_written
+        if now - last >= max(self.table_s, self.table_duty * self._table_cost):   # a driver's first
+            self._write_trials(trials)                                           # events wait too
 
     def _write_trials(self, trials) -> None:
         import pyarrow as pa
