@@ -378,3 +378,24 @@ def test_a_resumed_driver_only_looks_at_the_partition_of_a_trial_that_writes_it(
     rows = TrialRows(store, "s", t.trial_id, _study().config(t.config), restored=5, history=t.history)
     assert rows.written == 5 and dataset_rows(store.local_dir, t.trial_id) == oracle(t)
     assert (folder / f".{results.part_name(6, 6)}.damaged").exists()
+
+
+def test_a_retry_from_before_a_members_end_keeps_its_rows_until_it_reports_them_again(tmp_path):
+    """A pack's member that diverged at epoch 6 after the pack's checkpoint at 4: the pack's
+    retry starts from 4, but until it reports the member's epochs again (or if it fails first)
+    the member's partition keeps its whole run; its reports then replace the rows as they come."""
+    store = StudyStore(str(tmp_path / "res"), "s")
+    t = Trial("s_00000_m1", tmp_path / "ckpt")
+    cfg = _study().config(t.config)
+    first = TrialRows(store, "s", t.trial_id, cfg, flush_s=1e9)
+    assert first.add(t.records(4)) == 4
+    t.save_checkpoint()                        # the pack's checkpoint, member still training
+    recs = t.records(2)
+    recs[-1]["diverged"] = True
+    assert first.add(recs, end=True) == 6
+    assert dataset_rows(store.local_dir, t.trial_id) == oracle(t)
+    t.restore()                                # the pack's node dies: retried from epoch 4
+    retry = TrialRows(store, "s", t.trial_id, cfg, len(t.restored), t.restored, flush_s=0)
+    assert retry.written == 6 and len(dataset_rows(store.local_dir, t.trial_id)) == 6
+    assert retry.add(t.records(1)) == 5        # epoch 5 again: the old epochs 5-6 go
+    assert dataset_rows(store.local_dir, t.trial_id) == oracle(t)

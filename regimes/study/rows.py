@@ -300,10 +300,13 @@ class TrialRows:
     One per attempt of a trial (or of a pack's member), made when the attempt starts from
     the checkpoint it was restored from (`restored` = that checkpoint's epoch, 0 for none;
     `history` = the records saved with it): rows after `restored` are dropped from the
-    partition (this attempt trains those epochs again), rows up to it that the partition
-    lacks (lost with a killed attempt's buffer, a damaged file set aside) are written
-    back from `history`. Then `add` takes each report's records: the first report's rows
-    are written at once, later rows once `flush_s` old, and the run's end (its last epoch,
+    partition (this attempt trains those epochs again), unless they hold the run's end (a
+    pack's member that ended after the pack's last checkpoint: the retry's reports of
+    those epochs replace them as they come, and a retry that fails first leaves the
+    member whole); rows up to it that the partition lacks (lost with a killed attempt's
+    buffer, a damaged file set aside) are written back from `history`. Then `add` takes
+    each report's records: the attempt's first report's rows are written at once (if it
+    wrote back none), later rows once `flush_s` old, and the run's end (its last epoch,
     divergence, a decided regime) merges everything into data.parquet before the trial's
     last report. Each report tells the driver `written`, the epoch up to which the rows
     are in files; the driver's ParquetSink keeps the rows after it and writes them only
@@ -316,10 +319,11 @@ class TrialRows:
                  history: list[dict] | None = None, columns: dict | None = None, flush_s: float = FLUSH_S,
                  clock=time.monotonic):
         self.flush_s, self.clock = flush_s, clock
+        self.reports = 0                 # reports of this attempt so far
         if store.remote:
             store.sync_down(f"epochs/trial_id={trial_id}")
         self.writer = w = TrialWriter(store.local_dir, trial_id, cfg, study, store, columns)
-        if w.epochs_done > restored:
+        if w.epochs_done > restored and not w.ended():
             w.drop_from(restored + 1)
         done = w.epochs_done
         missing = [r for r in history or () if done < r["epoch"] <= restored]
@@ -336,9 +340,10 @@ class TrialRows:
         merged into data.parquet now (before the trial's last report). Returns `written`."""
         w, now = self.writer, self.clock()
         w.add(records, now)
+        self.reports += 1
         if end:
             w.finish()
-        elif w.due(now, self.flush_s, first=True):
+        elif (self.reports == 1 and w.writes == 0) or w.due(now, self.flush_s):
             w.flush()
         return w.written
 

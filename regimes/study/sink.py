@@ -79,7 +79,9 @@ def trial_status(tune_status: str, records: list[dict], cfg: TrainConfig, schedu
 
 
 class ParquetSink(tune.Callback):
-    """Drives one TrialWriter per running trial and keeps trials.parquet (see the module doc).
+    """Keeps trials.parquet, and writes the rows trials did not write themselves (see the module
+    doc): per running trial its newest record and unwritten rows, or a TrialWriter for a trial
+    whose reports carry no ROWS_KEY.
 
     `flush_s`: how long a trial's rows may wait in memory; `table_s`: the least time
     between two rewrites of trials.parquet, and `table_duty`: the least multiple of the
@@ -347,6 +349,8 @@ class ParquetSink(tune.Callback):
         with no rows on disk gets them back from its checkpoint's records, if any."""
         w = self._writers.get(trial_id)
         if w is None or w.peek:
+            if self.store.remote:      # a trial may have written it from another node
+                self.store.sync_down(f"epochs/trial_id={trial_id}")
             w = self._writers[trial_id] = TrialWriter(self.store.local_dir, trial_id, cfg, self.study.name,
                                                       self.store, columns)
             self._checked.add(trial_id)
@@ -443,10 +447,10 @@ class ParquetSink(tune.Callback):
                         continue       # pending, nothing on disk
                     self._writers[tid] = w
                 w = self._writers[tid]
-                if packed and w.ended():       # a member that ended while its pack goes on
-                    finish(tid, cfg, trial, "TERMINATED")
-                    continue
-                row = self._summary(tid, w.cfg, trial, w.last, trial.status, w.columns)
+                # a member that ended while its pack goes on: its final row, from a look only (the
+                # pack's worker may be merging its files); the pack's next report finishes it
+                status = "TERMINATED" if packed and w.ended() else trial.status
+                row = self._summary(tid, w.cfg, trial, w.last, status, w.columns)
                 if row is not None:
                     running.append(row)
         if self._finished:
@@ -475,8 +479,8 @@ class ParquetSink(tune.Callback):
         self._table_cost = time.perf_counter() - started - finishing    # what the duty rule paces
 
     def _rows_table(self, rows: list[dict]):
-        """trials rows as a table, typed like the last one when they have its columns: a table of
-        ~200 columns built by inference costs ~3 ms, with a known schema half that."""
+        """trials rows as a table, typed like the last rows with the same columns: a table of
+        ~125 columns built by inference costs ~3 ms, with a known schema half that."""
         import pyarrow as pa
 
         names = tuple(rows[0])
