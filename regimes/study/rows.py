@@ -45,6 +45,17 @@ FLUSH_S = 30.0     # a running trial's rows wait in memory at most this long (th
 SMALL_BASE = 64    # a data.parquet of up to this many rows written by this writer stays in memory
 
 
+def run_ended(record: dict | None, cfg: TrainConfig) -> bool:
+    """`record` is its run's last: diverged, decided (early stop) or the last epoch."""
+    return record is not None and bool(record.get("diverged") or record.get(DECIDED_KEY)
+                                       or record["epoch"] >= cfg.epochs)
+
+
+def partition(trial_id: str) -> str:
+    """A trial's partition folder, relative to the study folder (a StudyStore path)."""
+    return f"epochs/trial_id={trial_id}"
+
+
 def rows_to_records(rows: list[dict], cfg: TrainConfig) -> list[dict]:
     """Invert results.epoch_rows: drop study/config columns, keep the measures."""
     config_cols = set()
@@ -199,12 +210,11 @@ class TrialWriter:
         return self._tables(records)
 
     def ended(self) -> bool:
-        """The newest record is the run's last: diverged, decided (early stop) or the last epoch."""
-        r = self.last
-        return r is not None and bool(r.get("diverged") or r.get(DECIDED_KEY) or r["epoch"] >= self.cfg.epochs)
+        """The newest record is the run's last (run_ended)."""
+        return run_ended(self.last, self.cfg)
 
     def _rel(self, name: str) -> str:
-        return f"epochs/trial_id={self.trial_id}/{name}"
+        return f"{partition(self.trial_id)}/{name}"
 
     def _write(self, name: str, table) -> None:
         results.atomic_write(table, self.folder / name, **results.write_options(table.num_rows))
@@ -321,7 +331,7 @@ class TrialRows:
         self.flush_s, self.clock = flush_s, clock
         self.reports = 0                 # reports of this attempt so far
         if store.remote:
-            store.sync_down(f"epochs/trial_id={trial_id}")
+            store.sync_down(partition(trial_id))
         self.writer = w = TrialWriter(store.local_dir, trial_id, cfg, study, store, columns)
         if w.epochs_done > restored and not w.ended():
             w.drop_from(restored + 1)
