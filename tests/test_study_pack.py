@@ -113,12 +113,14 @@ def test_a_packed_grid_gives_every_member_its_rows_and_the_labels_of_the_unpacke
     # float64 differs by 4% in train loss after 2 epochs), so the study compares the first epoch
     # at a small ELR (tests/test_pack.py holds members to 1e-10 of their runs alone in float64)
     # and the labels where 4 epochs decide one; over the demo's full 30 epochs its 16 labels
-    # agree (benchmarks/packing.py prints the count)
+    # agree (benchmarks/packing.py prints the count). Even that first epoch depends on the CPU's
+    # kernels: on an AVX-512 EPYC the same config alone gives train loss 0.2128 with one torch
+    # thread and 0.2078 with two (2.4%), so 5% (the ELRs' losses lie >25% apart)
     plain = {(r["elr"], r["seed"], r["epoch"]): r for r in epochs_of(tmp_path / "plain")}
     for r in rows:
         p = plain[(r["elr"], r["seed"], r["epoch"])]
         if r["elr"] == 1e-3 and r["epoch"] == 1:
-            assert r["train_loss"] == pytest.approx(p["train_loss"], rel=2e-3, abs=1e-4)
+            assert r["train_loss"] == pytest.approx(p["train_loss"], rel=5e-2, abs=1e-4)
             assert r["test_acc"] == pytest.approx(p["test_acc"], abs=0.02)
     packed_labels, plain_labels = labelled(tmp_path / "packed"), labelled(tmp_path / "plain")
     assert {k: v for k, v in packed_labels.items() if k[0] >= 0.1} == \

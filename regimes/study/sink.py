@@ -54,7 +54,7 @@ from .trainable import (DECIDED_KEY, ENDED_KEY, MEMBERS_KEY, PACK_COLUMN, RECORD
 log = logging.getLogger(__name__)
 _WHERE = ("host", "device", "torch_version", "cuda_device")   # trials row columns a report's trial_<key> sets
 FIRST_S = 1.0      # a trial's first report in a driver is written at once if no other was in this long
-TABLE_S = 2.0      # trials.parquet is rewritten at most this often (and at the end), and
+TABLE_S = 1.0      # trials.parquet is rewritten at most this often (and at the end), and
 TABLE_DUTY = 100.0  # ... at most once per this many times the last rewrite's duration
 
 
