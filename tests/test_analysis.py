@@ -211,6 +211,36 @@ def test_bad_paths_raise_config_error(tmp_path):
         load_study(tmp_path / "file")
 
 
+def test_a_read_during_a_merge_sees_each_epoch_once(tmp_path, monkeypatch):
+    """A running trial merging its parts: a row both in the new data.parquet and in a part not
+    yet deleted is read once, and a part deleted between listing and opening is read again."""
+    import regimes.analysis.load as L
+    from regimes.analysis import load_study
+
+    root = tmp_path / "live"
+    write_study(root, [{"elr": 1e-3, "regime": R.CONVERGENCE}, {"elr": 1e-1, "regime": R.DIVERGENCE}], epochs=6)
+    part = root / "epochs" / "trial_id=t000"
+    whole = pq.read_table(part / "data.parquet")
+    expected = load_study(root).epochs
+    pq.write_table(whole.slice(3), part / "part-4-6.parquet")     # merged, not deleted yet
+    st = load_study(root)
+    assert len(st.epochs) == len(expected) == 12
+    assert list(zip(st.epochs["trial_id"], st.epochs["epoch"])) == list(zip(expected["trial_id"], expected["epoch"]))
+
+    real, calls = L.ds.dataset, []
+
+    def vanishing(*args, **kw):          # the first listing still has the part; it goes before the read
+        d = real(*args, **kw)
+        calls.append(1)
+        if len(calls) == 1:
+            (part / "part-4-6.parquet").unlink()
+        return d
+
+    monkeypatch.setattr(L.ds, "dataset", vanishing)
+    st = load_study(root)
+    assert len(calls) == 3 and len(st.epochs) == 12      # listed, vanished, listed again and read
+
+
 # ----------------------------------------------------------------- report
 def _cli(*argv):
     from regimes.cli import main

@@ -98,22 +98,32 @@ def load_study(path) -> Study:
     return Study(root=root, trials=trials, epochs=epochs, axes=axes, main_axis=main)
 
 
-def _read_epochs(folder: Path) -> pd.DataFrame:
+def _read_epochs(folder: Path, attempts: int = 5) -> pd.DataFrame:
+    """The epochs dataset of a finished or running study. A running trial merges its part
+    files into data.parquet now and then (renames, then deletes the parts): a read in that
+    instant can list a part that is gone when it opens it (read again), or hold a row both
+    in the new data.parquet and in a part not yet deleted (kept once)."""
     part = ds.partitioning(pa.schema([("trial_id", pa.string())]), flavor="hive")
-    try:
-        dataset = ds.dataset(folder, format="parquet", partitioning=part)
-        # Trials may differ in columns (optional measures): read with the union schema.
-        schemas = [frag.physical_schema for frag in dataset.get_fragments()]
-        if not schemas:
-            return pd.DataFrame({"trial_id": pd.Series([], dtype=str), "epoch": []})
-        schema = pa.unify_schemas(schemas + [pa.schema([("trial_id", pa.string())])],
-                                  promote_options="permissive")
-        table = ds.dataset(folder, format="parquet", partitioning=part, schema=schema).to_table()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise _bad(folder, f"cannot read the epochs dataset ({e})") from None
+    for attempt in range(attempts):
+        try:
+            dataset = ds.dataset(folder, format="parquet", partitioning=part)
+            # Trials may differ in columns (optional measures): read with the union schema.
+            schemas = [frag.physical_schema for frag in dataset.get_fragments()]
+            if not schemas:
+                return pd.DataFrame({"trial_id": pd.Series([], dtype=str), "epoch": []})
+            schema = pa.unify_schemas(schemas + [pa.schema([("trial_id", pa.string())])],
+                                      promote_options="permissive")
+            table = ds.dataset(folder, format="parquet", partitioning=part, schema=schema).to_table()
+            break
+        except FileNotFoundError as e:        # a part merged away under the read
+            if attempt == attempts - 1:
+                raise _bad(folder, f"cannot read the epochs dataset ({e})") from None
+        except (pa.ArrowInvalid, OSError) as e:
+            raise _bad(folder, f"cannot read the epochs dataset ({e})") from None
     df = table.to_pandas()
     df["trial_id"] = df["trial_id"].astype(str)
-    return df.sort_values(["trial_id", "epoch"], kind="stable").reset_index(drop=True)
+    df = df.sort_values(["trial_id", "epoch"], kind="stable")
+    return df.drop_duplicates(["trial_id", "epoch"], keep="last").reset_index(drop=True)
 
 
 def _read_trials(path: Path) -> pd.DataFrame:
